@@ -1,0 +1,5 @@
+import sys
+
+from dslo.cli import main
+
+sys.exit(main())
