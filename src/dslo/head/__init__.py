@@ -1,0 +1,32 @@
+"""The DSLO head: the paper's math as pure, batched tensor functions (SPEC §4).
+
+Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinity ``(N, N)`` and
+the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
+"""
+
+from .refine import MODES, HeadConfig, RefineResult, discrepancy, infer_grid, refine, upsample_maps
+from .seeds import class_confidence, early_rejection, nms, normalize
+from .transport import ipf, optimal_path, sinkhorn
+from .upsample import guide_image, joint_bilateral_upsample
+from .velocity import kl_map, maximum_velocity
+
+__all__ = [
+    "MODES",
+    "HeadConfig",
+    "RefineResult",
+    "class_confidence",
+    "discrepancy",
+    "early_rejection",
+    "guide_image",
+    "infer_grid",
+    "ipf",
+    "joint_bilateral_upsample",
+    "kl_map",
+    "maximum_velocity",
+    "nms",
+    "normalize",
+    "optimal_path",
+    "refine",
+    "sinkhorn",
+    "upsample_maps",
+]

@@ -1,0 +1,184 @@
+"""The whole head: logits + affinity + image → label map (SPEC §1, §4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import as_float, check_finite, check_square
+from .seeds import early_rejection, nms, normalize
+from .transport import ipf, optimal_path
+from .upsample import guide_image, joint_bilateral_upsample
+from .velocity import kl_map, maximum_velocity
+
+MODES = ("mv", "op", "kl", "none")
+
+
+@dataclass
+class HeadConfig:
+    """Every setting of the head, with the SPEC defaults."""
+
+    nms_scale: float = 40.0  # logit scale s of the class softmax used by NMS
+    nms_threshold: float = 0.5  # θ: class probability below which a patch logit is suppressed
+    norm_scale: float = 1.0  # r: temperature of the per-class softmax over patches (SPEC: measured best)
+    top_k: int | None = 10  # early rejection: classes kept when K > top_k_above (None: no limit)
+    top_k_above: int = 21
+    ipf_iters: int = 15  # rounds of IPF making the affinity doubly stochastic
+    op_cost: str = "ipf"  # O.P. cost: "ipf" (doubly stochastic affinity, default) or "attention" (raw A)
+    eps: float = 0.1  # O.P. entropic regularisation
+    sinkhorn_iters: int = 50
+    readout: str = "cost"  # O.P. readout: "cost" or "dual"
+    normalize_max: bool = True  # O.P.: divide each class map by its maximum
+    delta: float = 0.3  # M.V. arrival threshold on the max-normalised chain
+    max_steps: int = 1000
+    interpolate: bool = True  # M.V.: interpolate arrival steps linearly
+    upsample: str = "jbu"  # "jbu" or "bilinear"
+    sigma_spatial: float = 1.0
+    sigma_range: float = 0.1
+    jbu_radius: int | None = None  # default ceil(3 σ_s)
+    jbu_max_side: int | None = None  # JBU at most at this size, then bilinear to the image size
+
+    def replace(self, **settings: Any) -> "HeadConfig":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unknown head setting(s) {unknown}; valid settings: {sorted(names)}")
+        return dataclasses.replace(self, **settings)
+
+
+@dataclass
+class RefineResult:
+    """``labels (H, W)`` int64 indices into the K given classes; ``scores (K', H, W)`` the
+    upsampled discrepancy maps of the surviving classes; ``kept (K',)`` their class indices."""
+
+    labels: torch.Tensor
+    scores: torch.Tensor
+    kept: torch.Tensor
+    grid: tuple[int, int] = field(default=(0, 0))
+
+
+def infer_grid(n: int, like: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` with ``h·w = n`` whose aspect ratio is closest to ``like``'s (within a factor
+    of 2; otherwise the shapes cannot belong together and a ValueError names both)."""
+    target = like[0] / like[1]
+    best = None
+    for h in range(1, int(math.isqrt(n)) + 1):
+        if n % h:
+            continue
+        for hh, ww in ((h, n // h), (n // h, h)):
+            err = abs(math.log((hh / ww) / target))
+            if best is None or err < best[0]:
+                best = (err, (hh, ww))
+    assert best is not None
+    if best[0] > math.log(2.0):
+        raise ValueError(
+            f"cannot match logits grid {tuple(like)} with an affinity over N = {n} patches "
+            f"(closest grid {best[1]}); pass grid=(h, w) explicitly"
+        )
+    return best[1]
+
+
+def discrepancy(a: torch.Tensor, affinity: torch.Tensor, mode: str, cfg: HeadConfig) -> torch.Tensor:
+    """``(K', N)`` class distributions → ``(K', N)`` discrepancy maps (larger = more of the class)."""
+    if mode == "kl":
+        return kl_map(a)
+    T = ipf(affinity, cfg.ipf_iters)
+    if mode == "mv":
+        return maximum_velocity(a, T, cfg.delta, cfg.max_steps, cfg.interpolate)
+    if mode == "op":
+        cost = T if cfg.op_cost == "ipf" else as_float(affinity, "affinity")
+        if cfg.op_cost not in ("ipf", "attention"):
+            raise ValueError(f"op_cost must be 'ipf' or 'attention', got {cfg.op_cost!r}")
+        return optimal_path(a, cost, cfg.eps, cfg.sinkhorn_iters, cfg.readout, cfg.normalize_max)
+    raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+
+
+def upsample_maps(maps: torch.Tensor, image: torch.Tensor, cfg: HeadConfig) -> torch.Tensor:
+    """``(K', h, w)`` → ``(K', H, W)`` with the configured upsampler."""
+    H, W = image.shape[:2]
+    if cfg.upsample == "bilinear":
+        return F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    if cfg.upsample != "jbu":
+        raise ValueError(f"upsample must be 'jbu' or 'bilinear', got {cfg.upsample!r}")
+    guide = image
+    if cfg.jbu_max_side and max(H, W) > cfg.jbu_max_side:
+        s = cfg.jbu_max_side / max(H, W)
+        size = (max(1, round(H * s)), max(1, round(W * s)))
+        guide = F.interpolate(image.permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True)[0]
+        guide = guide.permute(1, 2, 0)
+    out = joint_bilateral_upsample(maps, guide, cfg.sigma_spatial, cfg.sigma_range, cfg.jbu_radius)
+    if out.shape[1:] != (H, W):
+        out = F.interpolate(out[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    return out
+
+
+def refine(
+    logits: torch.Tensor,
+    affinity: torch.Tensor,
+    image: Any,
+    mode: str = "mv",
+    *,
+    grid: tuple[int, int] | None = None,
+    config: HeadConfig | None = None,
+    **settings: Any,
+) -> RefineResult:
+    """Segment from coarse class logits and patch affinities (the DSLO head).
+
+    Args:
+        logits: ``(K, h, w)`` class logits (CLIP cosine similarities). Resized bilinearly to the
+            affinity grid when that grid differs.
+        affinity: ``(N, N)`` row-stochastic patch affinity on the grid ``grid`` (``N = h_a·w_a``);
+            without ``grid``, the logits' grid when ``N = h·w``, otherwise the factorisation of N
+            closest to the logits' aspect ratio.
+        image: ``(H, W, 3)`` uint8 numpy / PIL, or a float tensor in [0, 1] (``(H, W, 3)`` or
+            ``(3, H, W)``): the output size and the JBU guide.
+        mode: ``"mv"`` maximum velocity, ``"op"`` optimal path, ``"kl"`` KL ablation, ``"none"``
+            bilinear upsampling of the logits and arg-max (no head).
+        config / settings: :class:`HeadConfig` and/or its fields as keywords.
+    Returns:
+        :class:`RefineResult` on the logits' device.
+    """
+    cfg = (config or HeadConfig()).replace(**settings)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    L = as_float(logits, "logits")
+    if L.ndim != 3 or L.shape[0] == 0:
+        raise ValueError(f"logits must be (K, h, w) with K >= 1, got shape {tuple(L.shape)}")
+    check_finite(L, "logits")
+    A = as_float(affinity, "affinity").to(device=L.device, dtype=L.dtype)
+    check_square(A, "affinity")
+    check_finite(A, "affinity")
+    img = guide_image(image, device=L.device, dtype=L.dtype)
+    K = L.shape[0]
+
+    if mode == "none":
+        up = F.interpolate(L[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0]
+        kept = torch.arange(K, device=L.device)
+        return RefineResult(up.argmax(0), up, kept, tuple(L.shape[1:]))
+
+    N = A.shape[0]
+    if grid is None:
+        grid = tuple(L.shape[1:]) if L.shape[1] * L.shape[2] == N else infer_grid(N, tuple(L.shape[1:]))
+    if grid[0] * grid[1] != N:
+        raise ValueError(f"grid {tuple(grid)} does not match affinity of shape {tuple(A.shape)}")
+    if tuple(L.shape[1:]) != tuple(grid):
+        L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+
+    flat = L.reshape(K, N)
+    masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
+    if not keep.any():
+        # Possible only when θ > 1/K and every patch is ambiguous: seed each patch's arg-max class
+        # instead, so the head always returns a segmentation.
+        keep = flat == flat.amax(dim=0, keepdim=True)
+        masked = flat.masked_fill(~keep, float("-inf"))
+    kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above, cfg.nms_scale)
+    a, _ = normalize(masked[kept], cfg.norm_scale)
+    D = discrepancy(a, A, mode, cfg).reshape(len(kept), *grid)
+    scores = upsample_maps(D, img, cfg)
+    labels = kept[scores.argmax(0)]
+    return RefineResult(labels, scores, kept, tuple(grid))
