@@ -101,31 +101,39 @@ def read_classes_file(path: str | os.PathLike) -> list[list[str]]:
 
 
 def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class list") -> list[list[str]]:
-    """Check synonym lists: no empty list, no empty name, every name used once. Returns a copy."""
+    """Check synonym lists and return a cleaned copy.
+
+    Rejected: no classes, a class without a name, an empty name, and two classes with the same
+    name (the first synonym, case-insensitive): the second could never be told apart. A synonym
+    shared by two classes is allowed, as in the standard ADE20K names ("screen door, screen" and
+    "blind, screen"); a synonym repeated within one class is dropped.
+    """
     out: list[list[str]] = []
     seen: dict[str, int] = {}
     if not classes:
         raise ValueError(f"no classes in {source}: give at least one class name")
     for i, syns in enumerate(classes):
+        if isinstance(syns, str):
+            raise TypeError(f"class {i + 1} in {source} must be a list of synonyms, got {syns!r}")
         if not syns:
             raise ValueError(f"class {i + 1} in {source} has no name")
-        names = []
+        names: list[str] = []
         for s in syns:
             if not isinstance(s, str):
                 raise TypeError(f"class names must be strings; class {i + 1} in {source} has {s!r}")
             n = _clean(s)
             if not n:
                 raise ValueError(f"class {i + 1} in {source} has an empty name")
-            k = _key(n)
-            if k in seen:
-                other = seen[k]
-                where = "twice in the same class" if other == i else f"in classes {other + 1} and {i + 1}"
-                raise ValueError(
-                    f"duplicate class name {n!r} {where} of {source}; each name may appear once "
-                    "(put synonyms of one class on one line, separated by commas)"
-                )
-            seen[k] = i
-            names.append(n)
+            if _key(n) not in {_key(x) for x in names}:
+                names.append(n)
+        k = _key(names[0])
+        if k in seen:
+            raise ValueError(
+                f"duplicate class name {names[0]!r} in classes {seen[k] + 1} and {i + 1} of {source}; "
+                "each class needs its own name (put synonyms of one class on one line, "
+                "separated by commas)"
+            )
+        seen[k] = i
         out.append(names)
     return out
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -225,7 +226,10 @@ def decode_rle(rle: dict) -> np.ndarray:
 
     counts = rle["counts"]
     r = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(r).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips NumPy 2's copy-keyword deprecation; harmless here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(r).astype(bool)
 
 
 def segments(labels: np.ndarray, class_names: Sequence[str]) -> list[dict]:
