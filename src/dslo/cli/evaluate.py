@@ -1,0 +1,165 @@
+"""``dslo eval``: run a segmenter on a benchmark (or all eight) and report MMSeg-exact numbers
+with their protocol. Resumable: predictions are cached in the output folder. Data-parallel
+under ``torchrun`` (each rank a shard, rank 0 merges); see docs/evaluation.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError("--background-threshold must be a probability in (0, 1)")
+    return v
+
+
+def _max_side(text: str) -> int:
+    n = int(text)
+    if n < 0 or 0 < n < 16:
+        raise argparse.ArgumentTypeError("--max-side must be 0 (never downscale) or at least 16")
+    return n
+
+
+def register(subparsers) -> None:
+    from dslo.cli.segment import parse_setting
+
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate on a benchmark (or all eight) with the protocol saved next to the numbers",
+        description="Evaluate a segmenter on a benchmark. Writes DIR/pred/<stem>.png (cached: a "
+                    "rerun only predicts what is missing), DIR/report.json (miou, aacc, per_class, "
+                    "protocol) and DIR/report.md. --dataset all runs the eight benchmarks of the "
+                    "paper's Table 1 into DIR/<dataset>/ and writes DIR/table.md.",
+    )
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help="voc21, voc20, context60, context59, coco_object, coco_stuff, cityscapes, "
+                        "ade20k, camvid, folder, or all (the eight benchmarks)")
+    p.add_argument("--data-root", required=True, type=Path, metavar="DIR",
+                   help="the dataset's folder (with --dataset all: the folder holding VOCdevkit/, "
+                        "coco_stuff164k/, ADEChallengeData2016/, cityscapes/)")
+    p.add_argument("--split", default=None, help="split (default: val; CamVid: test)")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--model", default="default", metavar="PRESET",
+                   help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
+    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
+    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
+    p.add_argument("--mode", choices=("mv", "op", "kl", "none"), help="head mode (default: the preset's)")
+    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
+                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
+    p.add_argument("--class-file", metavar="FILE", help="class names replacing the shipped file")
+    p.add_argument("--background-threshold", type=_positive_float, metavar="P",
+                   help="VOC21/Context60/COCO-Object: instead of the background class, send pixels "
+                        "whose max CLIP class probability is below P to background")
+    p.add_argument("--short-side", type=int, metavar="N",
+                   help="CLIP input short side (default: the benchmark's, 336; Cityscapes 560)")
+    p.add_argument("--max-side", type=_max_side, default=None, metavar="N",
+                   help="downscale larger images to this side for the models (default: the "
+                        "benchmark's, 1024; Cityscapes 1120; 0 = never)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (smoke tests)")
+    p.add_argument("--device", default="auto",
+                   help="auto (under torchrun: cuda:LOCAL_RANK), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _device(requested: str) -> str:
+    """Under torchrun each rank takes its own GPU."""
+    if requested == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return requested
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    ov: dict[str, Any] = dict(args.settings)
+    if args.mode:
+        ov["mode"] = args.mode
+    if args.dtype not in (None, "auto"):
+        ov["dtype"] = args.dtype
+    return ov
+
+
+def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: Path) -> dict | None:
+    from dslo.eval.datasets import get_dataset
+    from dslo.eval.protocol import describe_segmenter, eval_request
+    from dslo.eval.runner import Shard, evaluate
+
+    ds = get_dataset(name, data_root, args.split, class_file=args.class_file)
+    overrides = _overrides(args)
+    request = eval_request(
+        ds, model=args.model, logits=args.logits, attention=args.attention, overrides=overrides,
+        background_threshold=args.background_threshold, short_side=args.short_side,
+        max_side="default" if args.max_side is None else (args.max_side or None),
+    )
+    resize = request["resize"]
+
+    def make_segmenter():
+        from dslo.segmenter import create_segmenter
+
+        kw = dict(overrides)
+        for key in ("logits", "attention"):
+            if getattr(args, key):
+                kw[key] = getattr(args, key)
+        return create_segmenter(
+            args.model, device=_device(args.device), max_side=resize["max_side"],
+            logits_options={"short_side": resize["logits_short_side"]}, **kw,
+        )
+
+    shard = Shard.from_env()
+    report = evaluate(
+        ds, out_dir, make_segmenter, request, limit=args.limit, shard=shard,
+        background_threshold=args.background_threshold, progress=not args.quiet,
+        describe=describe_segmenter,
+    )
+    if report is not None:
+        from dslo.eval.report import protocol_line
+
+        run = report["run"]
+        print(
+            f"{request['title']}: mIoU {report['miou']:.2f}  aAcc {report['aacc']:.2f}  "
+            f"({report['images']} images; {run['predicted']} predicted, {run['cached']} cached) "
+            f"-> {out_dir / 'report.json'}"
+        )
+        print(f"  protocol: {protocol_line(report['protocol'])}")
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    from dslo.eval.datasets import BENCHMARKS, canonical_name
+    from dslo.eval.runner import Shard, atomic_write_text
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.dataset.strip().lower() != "all":
+        evaluate_one(args, canonical_name(args.dataset), args.data_root, args.output)
+        return 0
+
+    from dslo.eval.report import table_rows
+
+    reports: dict[str, dict | None] = {}
+    failed: dict[str, str] = {}
+    for name in BENCHMARKS:
+        try:
+            reports[name] = evaluate_one(args, name, args.data_root, args.output / name)
+        except FileNotFoundError as exc:  # a benchmark not on disk: run the others, say so
+            failed[name] = str(exc)
+            print(f"dslo eval: skipped {name}: {exc}", file=sys.stderr)
+    if Shard.from_env().rank != 0:
+        return 0
+    label = args.model + (f" ({args.logits})" if args.logits else "")
+    table = table_rows(reports, label)
+    atomic_write_text(args.output / "table.md", table)
+    summary = {n: (None if r is None else {"miou": r["miou"], "aacc": r["aacc"], "images": r["images"]})
+               for n, r in reports.items()}
+    atomic_write_text(args.output / "summary.json", json.dumps({"results": summary, "skipped": failed}, indent=1))
+    print(table, end="")
+    return 1 if failed else 0
