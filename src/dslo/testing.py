@@ -117,3 +117,103 @@ def make_tiny_clip(
     }
     (path / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2), encoding="utf-8")
     return path
+
+
+def _save_preprocessor(path: Path, mean: tuple, std: tuple, size: int) -> None:
+    cfg = {"image_mean": list(mean), "image_std": list(std), "size": {"shortest_edge": size}}
+    (path / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def make_tiny_dinov2(
+    path: str | os.PathLike,
+    *,
+    registers: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    patch_size: int = 14,
+    image_size: int = 56,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random DINOv2 (``registers > 0``: DINOv2 with registers) to ``path``; loadable
+    by ``dslo.create_attention_model(path)``. Returns ``path``."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    path = Path(path)
+    common = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                  patch_size=patch_size, image_size=image_size)
+    torch.manual_seed(seed)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
+    else:
+        model = Dinov2Model(Dinov2Config(**common))
+    model.eval().save_pretrained(path, safe_serialization=True)
+    _save_preprocessor(path, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), image_size)
+    return path
+
+
+def make_tiny_dino(
+    path: str | os.PathLike,
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    patch_size: int = 8,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random DINO-style ``ViTModel`` (no pooler, as facebook/dino-*) to ``path``."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    config = ViTConfig(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                       intermediate_size=2 * hidden_size, patch_size=patch_size, image_size=image_size)
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(path, safe_serialization=True)
+    _save_preprocessor(path, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), image_size)
+    return path
+
+
+def make_tiny_sd2(path: str | os.PathLike, *, seed: int = 0) -> Path:
+    """Save a tiny random Stable-Diffusion-2-shaped diffusers checkpoint to ``path``: ``unet/``
+    (4 blocks, linear projections, ``up_blocks.3.attentions.0/1`` present), ``vae/`` (×8
+    downsampling), ``text_encoder/`` + ``tokenizer/`` (tiny CLIP text tower) and
+    ``model_index.json``. Loadable by ``create_attention_model("sd2", model_id=path)``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    tok_dir = make_tiny_clip_tokenizer(path / "tokenizer")
+    vocab = json.loads((tok_dir / "vocab.json").read_text(encoding="utf-8"))
+    torch.manual_seed(seed)
+    text_dim = 32
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    )).eval().save_pretrained(path / "text_encoder", safe_serialization=True)
+    UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=(2, 4, 4, 4), cross_attention_dim=text_dim, use_linear_projection=True,
+    ).eval().save_pretrained(path / "unet", safe_serialization=True)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
+    ).eval().save_pretrained(path / "vae", safe_serialization=True)
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.30.0",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return path

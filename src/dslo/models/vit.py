@@ -1,0 +1,204 @@
+"""ViT attention sources through transformers: DINOv2 (with or without registers), DINO (ViT)
+and anything else with the same structure (SPEC §3).
+
+The affinity is ``A = Σ_l w_l · mean_h softmax(Q Kᵀ/√d)`` over the chosen layers (last by
+default), with CLS and register rows/columns dropped and rows renormalised. Models are loaded
+with ``attn_implementation="eager"``: fused kernels never materialise the attention matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dslo.imageio import to_rgb_array
+from dslo.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    aspect_size,
+    check_settings,
+    patch_affinity,
+    pixel_tensor,
+)
+from dslo.models.weights import locate, resolve_dtype, weights_error
+
+__all__ = ["VitAttentionSettings", "VitAttentionSource", "load_vit_attention", "VIT_SETTINGS"]
+
+
+@dataclass(frozen=True)
+class VitAttentionSettings:
+    """Settings of a ViT attention source."""
+
+    short_side: int = 448  # input short side in pixels, aspect kept: a 32-patch short side at /14
+    layers: tuple[int, ...] = (-1,)  # which blocks' attention to combine (negative: from the end)
+    layer_weights: tuple[float, ...] | None = None  # per chosen layer; None: equal (normalised to sum 1)
+    head_weights: tuple[float, ...] | None = None  # per head; None: mean over heads
+    dtype: str = "auto"  # auto: float32 on CPU, float16 on an accelerator
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if not self.layers:
+            raise ValueError("layers must name at least one block")
+        if self.layer_weights is not None:
+            w = tuple(float(x) for x in self.layer_weights)
+            if len(w) != len(self.layers) or sum(w) <= 0 or min(w) < 0:
+                raise ValueError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
+                                 "numbers with a positive sum, one per entry of layers")
+            object.__setattr__(self, "layer_weights", w)
+        if self.head_weights is not None:
+            object.__setattr__(self, "head_weights", tuple(float(x) for x in self.head_weights))
+
+
+VIT_SETTINGS = tuple(f.name for f in fields(VitAttentionSettings))
+
+
+def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The per-block attention modules, in order, when this transformers version declares them
+    (``_can_record_outputs``); None otherwise."""
+    target = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
+    target = getattr(target, "target_class", target)
+    if not isinstance(target, type):
+        return None
+    mods = [m for m in model.modules() if isinstance(m, target)]
+    return mods if len(mods) == model.config.num_hidden_layers else None
+
+
+class VitAttentionSource:
+    """``affinity(image) -> (A (N, N), (h, w))`` from a transformers ViT-family model."""
+
+    def __init__(self, model: Any, *, name: str, settings: VitAttentionSettings, num_prefix: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.model = model.eval()
+        self.name, self.settings, self.num_prefix = name, settings, int(num_prefix)
+        self.mean, self.std = tuple(mean), tuple(std)
+        ps = model.config.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        n = int(model.config.num_hidden_layers)
+        bad = [i for i in settings.layers if not -n <= i < n]
+        if bad:
+            raise ValueError(f"layers {bad} out of range for a {n}-block model")
+        self._layers = [i % n for i in settings.layers]
+        heads = int(model.config.num_attention_heads)
+        if settings.head_weights is not None and len(settings.head_weights) != heads:
+            raise ValueError(f"head_weights needs {heads} entries (one per head), got {len(settings.head_weights)}")
+        self._attn_modules = _attention_modules(model)
+        # ViTModel needs to be told to interpolate position embeddings; DINOv2 always does.
+        self._kwargs = {"interpolate_pos_encoding": True} if model.config.model_type == "vit" else {}
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"VitAttentionSource({self.name!r}, short_side={s.short_side}, layers={s.layers}, "
+                f"prefix_tokens={self.num_prefix}, device={self.device}, dtype={self.dtype})")
+
+    def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        return aspect_size(image_hw, self.settings.short_side, self.patch_size)
+
+    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        H, W = self.input_size(image_hw)
+        return H // self.patch_size, W // self.patch_size
+
+    def pixel_values(self, image: Any) -> torch.Tensor:
+        """``(1, 3, H', W')`` normalised input for ``image``."""
+        arr = to_rgb_array(image)
+        return pixel_tensor(arr, self.input_size(arr.shape[:2]), self.mean, self.std,
+                            device=self.device, dtype=self.dtype)
+
+    def _combine_heads(self, attn: torch.Tensor) -> torch.Tensor:
+        """``(heads, T, T)`` → ``(T, T)`` float32 (head mean or the configured weights)."""
+        if self.settings.head_weights is None:
+            return attn.float().mean(0)
+        w = torch.tensor(self.settings.head_weights, device=attn.device, dtype=torch.float32)
+        return torch.einsum("h,hij->ij", w / w.sum(), attn.float())
+
+    def attention(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Head-combined attention ``(T, T)`` float32 of each chosen block, for a ``(1, 3, H, W)``
+        input, in the order of ``settings.layers``."""
+        got: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            if self._attn_modules is not None:
+                # Hooks keep only the chosen blocks' attention instead of all of them.
+                def hook(i):
+                    def fn(_module, _inputs, output):
+                        w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                        if w is None:
+                            raise RuntimeError("the model did not return attention weights; it must be loaded "
+                                               "with attn_implementation='eager'")
+                        got[i] = self._combine_heads(w[0])
+                    return fn
+
+                handles = [self._attn_modules[i].register_forward_hook(hook(i)) for i in set(self._layers)]
+                try:
+                    self.model(pixel_values=pixel_values, **self._kwargs)
+                finally:
+                    for h in handles:
+                        h.remove()
+            else:
+                out = self.model(pixel_values=pixel_values, output_attentions=True, **self._kwargs)
+                for i in set(self._layers):
+                    got[i] = self._combine_heads(out.attentions[i][0])
+        return [got[i] for i in self._layers]
+
+    def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(A (N, N) float32 row-stochastic, (h, w))`` with N = h*w; CLS/register tokens dropped."""
+        x = self.pixel_values(image)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        per_layer = self.attention(x)
+        lw = self.settings.layer_weights or (1.0,) * len(per_layer)
+        total = sum(lw)
+        combined = sum(w / total * a for w, a in zip(lw, per_layer))
+        A = patch_affinity(combined[None], num_prefix=self.num_prefix)
+        if A.shape[0] != grid[0] * grid[1]:
+            raise RuntimeError(f"attention has {A.shape[0]} patch tokens but the grid is {grid}; "
+                               f"prefix token count {self.num_prefix} is wrong for this model")
+        return A, grid
+
+
+def _preprocessor_stats(src: str, local_only: bool) -> tuple[Sequence[float], Sequence[float]]:
+    try:
+        if Path(src).is_dir():
+            f = Path(src) / "preprocessor_config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            f = Path(hf_hub_download(src, "preprocessor_config.json", local_files_only=local_only))
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+        return cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD)
+    except Exception:  # optional file: DINO and DINOv2 both use the ImageNet statistics
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def num_prefix_tokens(config: Any) -> int:
+    """CLS plus register tokens."""
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+def wrap_vit(model: Any, *, name: str, device: torch.device, dtype: torch.dtype, settings: VitAttentionSettings,
+             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> VitAttentionSource:
+    model = model.to(device=device, dtype=dtype)
+    return VitAttentionSource(model, name=name, settings=settings, num_prefix=num_prefix_tokens(model.config),
+                              mean=mean, std=std)
+
+
+def load_vit_attention(name: str, source: str, *, family: str, device: torch.device, **overrides: Any) -> VitAttentionSource:
+    """Load a DINOv2 / DINOv2-with-registers / DINO (ViT) checkpoint as an attention source."""
+    check_settings(f"attention source '{name}'", overrides, VIT_SETTINGS)
+    settings = VitAttentionSettings(**overrides)
+    dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)
+    src, local_only = locate(name, source)
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(src, local_files_only=local_only)
+        kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+        model = AutoModel.from_pretrained(src, local_files_only=local_only, attn_implementation="eager",
+                                          dtype=dtype, **kwargs)
+    except OSError as exc:
+        raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})") from exc
+    mean, std = _preprocessor_stats(src, local_only)
+    return wrap_vit(model, name=name, device=device, dtype=dtype, settings=settings, mean=mean, std=std)
