@@ -83,7 +83,7 @@ def joint_bilateral_upsample(
     sigma_spatial: float = 1.0,
     sigma_range: float = 0.1,
     radius: int | None = None,
-    chunk_elements: int = 1 << 23,
+    chunk_elements: int = 1 << 20,
 ) -> torch.Tensor:
     """Joint bilateral upsampling of ``maps`` to the image's size.
 
@@ -128,26 +128,28 @@ def joint_bilateral_upsample(
     Ihi = I[rows.clamp_min(0)][:, :, cols.clamp_min(0)]  # (h, my, w, mx, 3)
     Ihi = Ihi.permute(0, 2, 1, 3, 4)  # (h, w, my, mx, 3)
 
+    # log g(p, q) = -‖I_p − I_q‖² / (2σ_r²) = const(p) + (2 I_p·I_q − ‖I_q‖²) / (2σ_r²): the
+    # per-pixel constant cancels in the normalisation, so the range term is one small matmul.
+    inv_r = 1.0 / (2.0 * sigma_range**2)
+    ones = torch.ones(*Ihi.shape[:-1], 1, dtype=dtype, device=device)
+    Ihi_aug = torch.cat([Ihi, ones], dim=-1)  # (h, w, my, mx, 4)
+    nb_img_aug = torch.cat([2.0 * inv_r * nb_img, -inv_r * (nb_img * nb_img).sum(-1, keepdim=True)], dim=-1)
+
     out = torch.empty(K, H, W, dtype=dtype, device=device)
     valid_cols = cols.flatten() >= 0
     per_row = w * my * mx * P
     step = max(1, chunk_elements // per_row)
-    inv_r = 1.0 / (2.0 * sigma_range**2)
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
         hc = r1 - r0
         cells = hc * w
-        Ip = Ihi[r0:r1].reshape(cells, my * mx, 3)
-        Iq = nb_img[r0:r1].reshape(cells, P, 3)
-        d2 = (Ip * Ip).sum(-1, keepdim=True) + (Iq * Iq).sum(-1)[:, None, :] - 2.0 * torch.bmm(Ip, Iq.transpose(1, 2))
-        logw = -d2.clamp_min(0) * inv_r  # (cells, m, P)
-        spatial = ly[r0:r1, None, :, None, :, None] + lx[None, :, None, :, None, :]  # (hc, w, my, mx, P1, P1)
-        logw = logw + spatial.reshape(cells, my * mx, P)
-        logw = logw - logw.amax(dim=-1, keepdim=True)
-        wgt = torch.exp(logw)
-        num = torch.bmm(wgt, nb_val[r0:r1].reshape(cells, P, K))  # (cells, m, K)
-        res = num / wgt.sum(-1, keepdim=True)
-        res = res.view(hc, w, my, mx, K).permute(4, 0, 2, 1, 3).reshape(K, hc * my, w * mx)
+        logw = torch.bmm(Ihi_aug[r0:r1].reshape(cells, my * mx, 4), nb_img_aug[r0:r1].reshape(cells, P, 4).transpose(1, 2))
+        view = logw.view(hc, w, my, mx, P1, P1)
+        view.add_(ly[r0:r1, None, :, None, :, None]).add_(lx[None, :, None, :, None, :])
+        logw.sub_(logw.amax(dim=-1, keepdim=True)).exp_()  # shift per pixel: no 0/0 on underflow
+        num = torch.bmm(logw, nb_val[r0:r1].reshape(cells, P, K))  # (cells, m, K)
+        num.div_(logw.sum(-1, keepdim=True))
+        res = num.view(hc, w, my, mx, K).permute(4, 0, 2, 1, 3).reshape(K, hc * my, w * mx)
         row_ids = rows[r0:r1].flatten()
         keep_rows = row_ids >= 0
         if keep_rows.any():
