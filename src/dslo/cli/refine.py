@@ -1,0 +1,116 @@
+"""``dslo refine``: the DSLO head as a plug-in on another method's logits.
+
+Give it a ``(K, h, w)`` logits file (``.npy`` or ``.pt``) from any segmentation method, the image
+and the K class names; it computes the attention affinity of the image and runs the head
+(``dslo.head.refine``), writing the same outputs as ``dslo segment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dslo.cli.segment import (
+    InputImage,
+    add_class_args,
+    add_common_args,
+    is_done,
+    read_class_args,
+    write_outputs,
+)
+
+
+def load_logits(path: str | Path):
+    """Read a ``(K, h, w)`` float tensor from ``.npy`` or ``.pt``/``.pth``.
+
+    A ``.pt`` file may hold the tensor itself or a dict with one tensor (or a ``"logits"`` key);
+    a leading batch dimension of 1 is dropped.
+    """
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"logits file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            t = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+                if "logits" in tensors:
+                    obj = tensors["logits"]
+                elif len(tensors) == 1:
+                    obj = next(iter(tensors.values()))
+                else:
+                    raise ValueError(
+                        f"{path} holds a dict with tensors {sorted(tensors)}; save the (K, h, w) "
+                        "logits alone or under the key 'logits'"
+                    )
+            if not isinstance(obj, torch.Tensor):
+                raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor")
+            t = obj
+        else:
+            raise ValueError(f"logits file {path} must end in .npy, .pt or .pth")
+    except (OSError, RuntimeError, EOFError) as exc:  # truncated or foreign files
+        raise ValueError(f"cannot read logits file {path}: {exc}") from exc
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"logits in {path} must be (K, h, w); got shape {tuple(t.shape)}")
+    if not (t.is_floating_point()):
+        raise ValueError(f"logits in {path} must be floating point; got {t.dtype}")
+    return t.float()
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "refine",
+        help="run the DSLO head on another method's logits",
+        description="Refine a (K, h, w) logits map from any method with the DSLO head: attention "
+                    "affinity of the image + optimal path / maximum velocity + joint bilateral "
+                    "upsampling. Writes the same outputs as `dslo segment`.",
+    )
+    p.add_argument("--logits-file", required=True, type=Path, metavar="FILE",
+                   help="(K, h, w) class logits, .npy or .pt, classes in the order given")
+    p.add_argument("--image", required=True, type=Path, metavar="IMG", help="the image the logits belong to")
+    add_class_args(p)
+    p.add_argument("--attention", default="dinov2-reg-b14", metavar="NAME|DIR",
+                   help="attention model (default dinov2-reg-b14; focus-s14 runs offline)")
+    p.add_argument("--background", default="none", metavar="POLICY",
+                   help="none (default) or a probability threshold on softmax(40 * logits), e.g. 0.5")
+    add_common_args(p)
+    p.set_defaults(func=run, mode="mv")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dslo.classes import parse_background
+    from dslo.models import create_attention_model
+    from dslo.segmenter import Segmenter, resolve_device
+
+    classes = read_class_args(args)
+    background = parse_background(args.background)
+    logits = load_logits(args.logits_file)
+    if logits.shape[0] != len(classes):
+        raise ValueError(
+            f"{args.logits_file} has {logits.shape[0]} class maps but {len(classes)} classes were "
+            "given; pass the classes in the order of the logits"
+        )
+    image = InputImage(args.image, Path(args.image.stem))
+    if not args.overwrite and is_done(image, args.output, args.save):
+        print(f"dslo refine: outputs for {args.image} exist in {args.output}; use --overwrite to redo",
+              file=sys.stderr)
+        return 0
+    device = resolve_device(args.device)
+    attention = create_attention_model(args.attention, device=str(device))
+    seg = Segmenter(None, attention, mode=args.mode, head_settings=dict(args.settings),
+                    max_side=args.max_side, background=background,
+                    info={"preset": None, "logits": f"file:{args.logits_file}",
+                          "attention": str(args.attention), "device": str(device)})
+    result = seg.refine(logits.to(device), args.image, classes)
+    write_outputs(result, image, args.output, args.save)
+    print(f"dslo refine: wrote {', '.join(args.save)} for {args.image} -> {args.output}", file=sys.stderr)
+    return 0
