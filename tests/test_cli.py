@@ -253,7 +253,7 @@ def test_refine_cli_reproduces_the_head(tmp_path, monkeypatch):
     for mode in ("mv", "op"):
         out = tmp_path / mode
         rc = main(["refine", "--logits-file", str(tmp_path / "l.npy"), "--image", str(tmp_path / "im.png"),
-                   "--classes", "a, b, c", "--attention", "colour", "--mode", mode, "-o", str(out),
+                   "--classes", "a, b, c", "--attention", "focus-s14", "--mode", mode, "-o", str(out),
                    "--save", "mask,json"])
         assert rc == 0
         A, grid = ColourAffinity().affinity(img)
@@ -263,7 +263,7 @@ def test_refine_cli_reproduces_the_head(tmp_path, monkeypatch):
     # a .pt file holding a dict and a batch dimension reads the same
     torch.save({"logits": L[None]}, tmp_path / "l.pt")
     rc = main(["refine", "--logits-file", str(tmp_path / "l.pt"), "--image", str(tmp_path / "im.png"),
-               "--classes", "a, b, c", "--attention", "colour", "-o", str(tmp_path / "pt"), "--save", "mask"])
+               "--classes", "a, b, c", "--attention", "focus-s14", "-o", str(tmp_path / "pt"), "--save", "mask"])
     assert rc == 0
     assert np.array_equal(np.array(Image.open(tmp_path / "pt" / "im.png")),
                           np.array(Image.open(tmp_path / "mv" / "im.png")))

@@ -113,3 +113,21 @@ def test_atomic_torch_save_round_trip(tmp_path):
     obj = {"scores": torch.rand(2, 3, 4)}
     p = outputs.atomic_torch_save(tmp_path / "s.pt", obj)
     assert torch.equal(torch.load(p)["scores"], obj["scores"])
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        importlib.reload(outputs)  # the mode is read from the umask at import
+        p = outputs.atomic_write_text(tmp_path / "a.txt", "x")
+        assert p.stat().st_mode & 0o777 == 0o644
+        os.chmod(p, 0o600)
+        outputs.atomic_write_text(p, "y")  # rewriting keeps the file's mode
+        assert p.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+        importlib.reload(outputs)

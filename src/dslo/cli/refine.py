@@ -89,7 +89,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
     from dslo.models import create_attention_model
-    from dslo.segmenter import Segmenter, resolve_device
+    from dslo.segmenter import Segmenter, check_model_name, resolve_device
 
     classes = read_class_args(args)
     background = parse_background(args.background)
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     device = resolve_device(args.device)
-    attention = create_attention_model(args.attention, device=str(device))
+    check_model_name("attention", args.attention)
+    attention = create_attention_model(args.attention, device=str(device), **dict(args.attention_options))
     seg = Segmenter(None, attention, mode=args.mode, head_settings=dict(args.settings),
                     max_side=args.max_side, background=background,
                     info={"preset": None, "logits": f"file:{args.logits_file}",

@@ -184,6 +184,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "size (default 1024; 0 = never)")
     p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                    metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
+    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
+                   default=[], metavar="KEY=VALUE",
+                   help="a setting of the attention model (repeatable), e.g. short_side=336")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -224,6 +227,9 @@ def register(subparsers) -> None:
     p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
     p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
+    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
+                   default=[], metavar="KEY=VALUE",
+                   help="a setting of the logits model (repeatable), e.g. short_side=448 or attention=qk")
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default); stuff (a 'background' class of stuff words); or a "
                         "probability threshold such as 0.5 (low-confidence pixels become background)")
@@ -266,6 +272,10 @@ def run(args: argparse.Namespace) -> int:
         for key in ("logits", "attention", "mode"):
             if getattr(args, key):
                 overrides[key] = getattr(args, key)
+        if args.logits_options:
+            overrides["logits_options"] = dict(args.logits_options)
+        if args.attention_options:
+            overrides["attention_options"] = dict(args.attention_options)
         seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
                                max_side=args.max_side, background=background, **overrides)
         from tqdm.auto import tqdm
