@@ -10,7 +10,7 @@ templates, embeddings normalised, averaged, re-normalised, cached per query.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -103,6 +103,14 @@ class ClipLogitsModel:
         s = self.settings
         return (f"ClipLogitsModel({self.name!r}, attention={s.attention!r}, keep_residual={s.keep_residual}, "
                 f"keep_mlp={s.keep_mlp}, short_side={s.short_side}, device={self.device}, dtype={self.dtype})")
+
+    def with_settings(self, **overrides: Any) -> "ClipLogitsModel":
+        """A model sharing these weights with some settings changed (no reload), for ablations."""
+        check_settings(f"logits model '{self.name}'", overrides, CLIP_SETTINGS)
+        if "dtype" in overrides:
+            raise TypeError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
+        settings = replace(self.settings, **overrides)
+        return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings, mean=self.mean, std=self.std)
 
     # ---- image side -------------------------------------------------------------------------
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
