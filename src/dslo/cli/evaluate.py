@@ -26,9 +26,25 @@ def _max_side(text: str) -> int:
     return n
 
 
-def register(subparsers) -> None:
-    from dslo.cli.segment import parse_setting
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value), the value read as int, float, bool, none or text."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = (s.strip() for s in text.split("=", 1))
+    low = value.lower()
+    if low in ("none", "null"):
+        return key, None
+    if low in ("true", "false"):
+        return key, low == "true"
+    for conv in (int, float):
+        try:
+            return key, conv(value)
+        except ValueError:
+            pass
+    return key, value
 
+
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate on a benchmark (or all eight) with the protocol saved next to the numbers",
@@ -88,6 +104,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return ov
 
 
+_SEGMENTERS: dict[tuple, Any] = {}
+
+
 def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: Path) -> dict | None:
     from dslo.eval.datasets import get_dataset
     from dslo.eval.protocol import describe_segmenter, eval_request
@@ -103,16 +122,21 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
     resize = request["resize"]
 
     def make_segmenter():
-        from dslo.segmenter import create_segmenter
+        # Benchmarks that share resize settings share one segmenter (and its text-feature
+        # cache) within a `--dataset all` run: models load once, not eight times.
+        key = (resize["logits_short_side"], resize["max_side"])
+        if key not in _SEGMENTERS:
+            from dslo.segmenter import create_segmenter
 
-        kw = dict(overrides)
-        for key in ("logits", "attention"):
-            if getattr(args, key):
-                kw[key] = getattr(args, key)
-        return create_segmenter(
-            args.model, device=_device(args.device), max_side=resize["max_side"],
-            logits_options={"short_side": resize["logits_short_side"]}, **kw,
-        )
+            kw = dict(overrides)
+            for name in ("logits", "attention"):
+                if getattr(args, name):
+                    kw[name] = getattr(args, name)
+            _SEGMENTERS[key] = create_segmenter(
+                args.model, device=_device(args.device), max_side=resize["max_side"],
+                logits_options={"short_side": resize["logits_short_side"]}, **kw,
+            )
+        return _SEGMENTERS[key]
 
     shard = Shard.from_env()
     report = evaluate(
@@ -134,11 +158,19 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    _SEGMENTERS.clear()
+    try:
+        return _run(args)
+    finally:
+        _SEGMENTERS.clear()  # release the models
+
+
+def _run(args: argparse.Namespace) -> int:
     from dslo.eval.datasets import BENCHMARKS, canonical_name
     from dslo.eval.runner import Shard, atomic_write_text
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.dataset.strip().lower() != "all":
         evaluate_one(args, canonical_name(args.dataset), args.data_root, args.output)
         return 0

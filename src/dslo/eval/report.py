@@ -44,11 +44,14 @@ def protocol_line(protocol: dict[str, Any]) -> str:
         names = bg.get("names", [])
         bg_text += f" ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
     r = protocol.get("resize", {})
+    att = (ms.get("attention_model") or {}).get("settings") or {}
+    att_keys = ("resolution", "short_side", "timestep", "layers", "layer_weights", "dtype")
+    att_text = ", ".join(f"{k}={att[k]}" for k in att_keys if k in att)
     head = ms.get("head", {})
     head_text = ", ".join(f"{k}={head[k]}" for k in sorted(head)) if head else "defaults"
     return (
         f"preset {m.get('preset')} · logits {ms.get('logits', m.get('logits'))} · attention "
-        f"{ms.get('attention', m.get('attention'))} · mode {ms.get('mode', '?')} · CLIP short side "
+        f"{ms.get('attention', m.get('attention'))}{f' ({att_text})' if att_text else ''} · mode {ms.get('mode', '?')} · CLIP short side "
         f"{r.get('logits_short_side')} (aspect kept, whole image) · max side {r.get('max_side')} · "
         f"background {bg_text} · classes {protocol.get('class_file')} "
         f"(sha256 {str(protocol.get('class_file_sha256'))[:12]}) · reduce_zero_label "

@@ -167,8 +167,8 @@ def run_shard(
                 labels = read_prediction(path)
             score_sample(acc, s, labels)
             if bar is not None:
+                bar.set_postfix(mIoU=f"{acc.compute()['miou']:.2f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(mIoU=f"{acc.compute()['miou']:.2f}")
     finally:
         if bar is not None:
             bar.close()
