@@ -111,6 +111,14 @@ def test_class_files_parse_with_provenance_and_counts():
     assert {b for b in BENCHMARKS} <= set(DATASETS)
 
 
+def test_class_files_are_accepted_by_the_segmenter_class_parser():
+    from dslo.classes import normalize_classes
+
+    for name in builtin_class_files():
+        classes = read_class_file(name)
+        assert normalize_classes(classes) == classes, name  # nothing dropped, merged or renamed
+
+
 def test_parse_class_lines_skips_comments_and_rejects_empty():
     assert parse_class_lines("# c\n\n a, b \nc\n") == [["a", "b"], ["c"]]
     with pytest.raises(ValueError, match="empty class name"):

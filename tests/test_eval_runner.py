@@ -85,6 +85,15 @@ def test_evaluate_writes_report_and_resumes_without_new_work(tmp_path):
     again = score_predictions(ds, tmp_path / PRED_DIR, ds.samples[:5])
     assert again["miou"] == pytest.approx(r1["miou"]) and again["aacc"] == pytest.approx(r1["aacc"])
 
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp_path / "report.json", prediction_path(tmp_path / PRED_DIR, ds.samples[0].stem)):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+    assert read_prediction(prediction_path(tmp_path / PRED_DIR, ds.samples[0].stem)).shape == (360, 480)
+
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / PRED_DIR).iterdir()}
     r2 = evaluate(ds, tmp_path, make, _request(ds), limit=5, shard=Shard(), progress=False)
     assert len(made) == 1 and seg.calls == 5  # no model built, nothing predicted
@@ -112,6 +121,15 @@ def test_different_settings_refuse_the_cache(tmp_path):
     other = eval_request(ds, model="fake", overrides={"mode": "op"})
     with pytest.raises(ValueError, match="different settings.*model"):
         evaluate(ds, tmp_path, FakeSegmenter, other, limit=2, progress=False)
+
+
+def test_prediction_files_round_trip_8_and_16_bit(tmp_path):
+    small = np.array([[0, 1], [255, 7]])
+    large = np.array([[0, 300], [65535, 7]])
+    np.testing.assert_array_equal(read_prediction(write_prediction(tmp_path / "a.png", small)), small)
+    np.testing.assert_array_equal(read_prediction(write_prediction(tmp_path / "b.png", large)), large)
+    with pytest.raises(ValueError, match="0..65535"):
+        write_prediction(tmp_path / "c.png", np.array([[-1]]))
 
 
 def test_shards_partition_the_samples():

@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from dslo.eval.datasets import BENCHMARKS, canonical_name
-    from dslo.eval.runner import Shard, atomic_write_text
+    from dslo.eval.runner import Shard
+    from dslo.outputs import atomic_write_text
 
     if args.dataset.strip().lower() != "all":
         evaluate_one(args, canonical_name(args.dataset), args.data_root, args.output)

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from dslo.eval.datasets import BENCHMARKS, DATASETS
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from dslo.outputs import atomic_write_text
 
 
 def fmt(v: Any, digits: int = 2) -> str:
@@ -78,8 +64,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
-    _atomic_write(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    _atomic_write(out / "report.md", report_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "report.md", report_markdown(report))
 
 
 def table_rows(reports: dict[str, dict | None], model_label: str, names: Sequence[str] = BENCHMARKS) -> str:

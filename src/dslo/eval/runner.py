@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dslo.outputs import atomic_write_text
 from dslo.eval.datasets import Sample, SegDataset
 from dslo.eval.protocol import request_key
 from dslo.eval.report import write_report
@@ -55,19 +55,6 @@ class Shard:
             return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")))
         except ValueError as exc:
             raise ValueError(f"RANK/WORLD_SIZE must be integers: {exc}") from exc
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _check_request(output_dir: Path, request: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from dslo.eval.datasets import Sample, SegDataset
 from dslo.eval.metrics import IoUAccumulator
+from dslo.outputs import atomic_save_image
 
 
 def prediction_path(pred_dir: str | os.PathLike, stem: str) -> Path:
@@ -30,20 +30,11 @@ def write_prediction(path: str | os.PathLike, labels: np.ndarray) -> Path:
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise ValueError("prediction ids must be in 0..65535")
     img = (
-        Image.fromarray(labels.astype(np.uint8), mode="L")
+        Image.fromarray(labels.astype(np.uint8))
         if labels.size == 0 or labels.max() < 256
         else Image.fromarray(labels.astype(np.uint16))
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_image(path, img)
 
 
 def read_prediction(path: str | os.PathLike) -> np.ndarray:
