@@ -137,7 +137,8 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
         mlp_ratio=mlp_hidden // hidden, patch_size=patch, image_size=side * patch, layer_norm_eps=eps,
         hidden_act="gelu", qkv_bias=True, use_swiglu_ffn=False, layerscale_value=1.0,
     )
-    target = Dinov2Model(config).state_dict()
+    with torch.device("meta"):  # shapes and names only: no 22M-parameter random init
+        target = Dinov2Model(config).state_dict()
     onnx_names = {**{k: v for k, v in init.items() if k.startswith("backbone.")}, **weights}
     onnx_names["backbone.embeddings.position_embeddings"] = np.concatenate([pos_cls, pos_patch], axis=1)
     state: dict[str, torch.Tensor] = {}
@@ -147,11 +148,11 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
                          ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense")):
             src = src.replace(new, old)
         if key == "embeddings.mask_token":  # pre-training only; never used at inference
-            state[key] = torch.zeros_like(ref)
+            state[key] = torch.zeros(ref.shape, dtype=torch.float32)
             continue
         if src not in onnx_names:
             raise fail(f"no initialiser for {key}")
-        t = torch.tensor(np.asarray(onnx_names[src]), dtype=ref.dtype)  # copies: ONNX arrays are read-only
+        t = torch.from_numpy(np.array(onnx_names[src], dtype=np.float32, order="C"))  # a contiguous, writable copy
         if t.shape != ref.shape:
             raise fail(f"{key} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
         state[key] = t
@@ -159,21 +160,22 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
 
 
 def cached_model_dir(onnx_file: Path | None = None) -> Path:
-    """The converted model's directory (converting and caching on first use). Safe under
-    concurrent first use: each writer converts into its own temporary directory and renames it."""
+    """The converted model's directory (converting and caching on first use). Keyed by the ONNX
+    file's digest and the transformers version (parameter names follow the installed version).
+    Safe under concurrent first use: each writer fills its own temporary directory, then renames."""
+    import transformers
+    from safetensors.torch import save_file
+
     onnx_file = onnx_file or onnx_path()
-    target = cache_dir() / "focus-s14" / _digest(onnx_file)
+    target = cache_dir() / "focus-s14" / f"{_digest(onnx_file)}-transformers{transformers.__version__}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from transformers import Dinov2Model
-
     config, state = convert_onnx(onnx_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        model = Dinov2Model(config)
-        model.load_state_dict(state, strict=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        config.save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race (target now exists and is non-empty)

@@ -5,7 +5,7 @@ scaling factor), and the UNet is called once at ``timestep`` 0 with the empty pr
 attention processor, installed only on the chosen ``attn1`` (self-attention) layers, records
 ``mean_h softmax(Q Kᵀ/√d)`` and computes the layer's usual output from the same probabilities, so
 the UNet's output is unchanged. Default layers: ``up_blocks.3.attentions.0/1`` (64×64 grid at 512),
-weights 0.5/0.5. After the last chosen layer ran, the rest of the UNet is skipped (``stop_early``).
+equal weights (0.5/0.5). After the last chosen layer ran, the rest of the UNet is skipped (``stop_early``).
 
 The model id is a setting: the official ``stabilityai`` SD2 repositories were removed from the Hub
 in November 2025. Default: :data:`dslo.models.registry.SD2_DEFAULT_MODEL` (a community mirror);
@@ -37,7 +37,7 @@ class Sd2Settings:
     resolution: int = 512  # square input side in pixels (the paper: higher is better; 768/1024 open)
     timestep: int = 0  # the single UNet call's timestep (latents are never noised)
     layers: tuple[str, ...] = ("up_blocks.3.attentions.0", "up_blocks.3.attentions.1")
-    layer_weights: tuple[float, ...] | None = (0.5, 0.5)  # one per entry of layers; None: equal
+    layer_weights: tuple[float, ...] | None = None  # one per entry of layers; None: equal (0.5/0.5)
     prompt: str = ""  # the conditioning prompt (empty: unconditional)
     stop_early: bool = True  # skip the UNet after the last chosen layer (its output is not used)
     dtype: str = "auto"  # auto: float16 on an accelerator (as the paper), float32 on the CPU
