@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dslo.eval.metrics import IoUAccumulator, confusion_matrix
+from dslo.eval.metrics import IoUAccumulator, _confusion_torch, confusion_matrix
 
 
 def test_hand_computed_confusion_matrix():
@@ -91,3 +91,16 @@ def test_merge_equals_single_pass():
         whole.update(p, t)
         (a if i % 2 else b).update(p, t)
     assert a.merge(b).compute() == whole.compute()
+
+
+def test_device_path_matches_numpy_path():
+    # Accelerator tensors are counted with torch on their device; same counts as the numpy path.
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 6, (17, 19))
+    target[rng.random((17, 19)) < 0.2] = 255
+    pred = rng.integers(-1, 8, (17, 19))  # includes out-of-range predictions
+    expected = confusion_matrix(pred, target, 6)
+    got = _confusion_torch(torch.from_numpy(pred), torch.from_numpy(target), 6, 255)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="outside 0..5"):
+        _confusion_torch(torch.tensor([0]), torch.tensor([9]), 6, 255)

@@ -16,16 +16,30 @@ import torch
 ArrayLike = Any  # numpy.ndarray | torch.Tensor (integer)
 
 
-def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+def _check_integer(dtype_is_int: bool, dtype: object, name: str) -> None:
+    if not dtype_is_int:
+        raise TypeError(f"{name} must hold integer class ids, got dtype {dtype}")
+
+
+def _as_array(x: ArrayLike, name: str) -> np.ndarray | torch.Tensor:
+    """numpy stays numpy, a CPU tensor becomes a numpy view (numpy's bincount is far faster on
+    the CPU than torch's with a busy thread pool), an accelerator tensor stays on its device."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
-    elif isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
-    else:
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids, got dtype {t.dtype}")
-    return t.to(torch.int64)
+        _check_integer(not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool), t.dtype, name)
+        return t.numpy() if t.device.type == "cpu" else t
+    if isinstance(x, np.ndarray):
+        _check_integer(np.issubdtype(x.dtype, np.integer), x.dtype, name)
+        return x
+    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _bad_label(value: int, num_classes: int, ignore_index: int | None) -> ValueError:
+    return ValueError(
+        f"label contains value {value} outside 0..{num_classes - 1} that is not the "
+        f"ignore index {ignore_index}; check the dataset's label mapping (reduce_zero_label, "
+        "ignore value) or num_classes"
+    )
 
 
 def confusion_matrix(
@@ -33,33 +47,48 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """Pixel confusion matrix of one image (or batch).
 
-    pred, target: integer arrays of the same shape (any rank), numpy or torch (computed on the
-    tensor's device). Pixels whose target equals ``ignore_index`` are skipped. Target values must be
-    in ``[0, num_classes)``; a prediction outside that range counts as wrong for its pixel.
+    pred, target: integer arrays of the same shape (any rank), numpy or torch (an accelerator
+    tensor is counted on its device). Pixels whose target equals ``ignore_index`` are skipped.
+    Target values must be in ``[0, num_classes)``; a prediction outside that range counts as
+    wrong for its pixel.
 
     Returns ``(num_classes, num_classes + 1)`` int64 on the CPU: row = target class, column =
     predicted class, last column = predictions outside ``[0, num_classes)``.
     """
-    p, t = _as_tensor(pred, "pred"), _as_tensor(target, "target")
-    if p.shape != t.shape:
+    p, t = _as_array(pred, "pred"), _as_array(target, "target")
+    if tuple(p.shape) != tuple(t.shape):
         raise ValueError(
             f"prediction shape {tuple(p.shape)} differs from label shape {tuple(t.shape)}; "
             "predictions must be at the label's (original image) size"
         )
-    p = p.to(t.device)
+    k = num_classes
+    if isinstance(p, torch.Tensor) or isinstance(t, torch.Tensor):
+        dev = p.device if isinstance(p, torch.Tensor) else t.device
+        return _confusion_torch(torch.as_tensor(p, device=dev), torch.as_tensor(t, device=dev), k, ignore_index)
+    p, t = p.reshape(-1), t.reshape(-1)
     if ignore_index is not None:
         keep = t != ignore_index
         p, t = p[keep], t[keep]
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        bad = t[(t < 0) | (t >= num_classes)]
-        raise ValueError(
-            f"label contains value {int(bad[0])} outside 0..{num_classes - 1} that is not the "
-            f"ignore index {ignore_index}; check the dataset's label mapping (reduce_zero_label, "
-            "ignore value) or num_classes"
-        )
-    p = torch.where((p < 0) | (p >= num_classes), torch.full_like(p, num_classes), p)
-    counts = torch.bincount(t * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1))
-    return counts.reshape(num_classes, num_classes + 1).cpu()
+    t = t.astype(np.int64, copy=False)
+    p = p.astype(np.int64, copy=False)
+    if t.size and (t.min() < 0 or t.max() >= k):
+        raise _bad_label(int(t[(t < 0) | (t >= k)][0]), k, ignore_index)
+    p = np.where((p < 0) | (p >= k), k, p)
+    counts = np.bincount(t * (k + 1) + p, minlength=k * (k + 1))
+    return torch.from_numpy(counts.reshape(k, k + 1))
+
+
+def _confusion_torch(p: torch.Tensor, t: torch.Tensor, k: int, ignore_index: int | None) -> torch.Tensor:
+    """The same count on the tensors' device (used for accelerator tensors)."""
+    p, t = p.reshape(-1).long(), t.reshape(-1).long()
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p[keep], t[keep]
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
+        raise _bad_label(int(t[(t < 0) | (t >= k)][0]), k, ignore_index)
+    p = torch.where((p < 0) | (p >= k), torch.full_like(p, k), p)
+    counts = torch.bincount(t * (k + 1) + p, minlength=k * (k + 1))
+    return counts.reshape(k, k + 1).cpu()
 
 
 class IoUAccumulator:
