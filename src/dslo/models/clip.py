@@ -243,14 +243,15 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     check_settings(f"logits model '{name}'", overrides, CLIP_SETTINGS)
     settings = ClipSettings(**overrides)
     dtype = resolve_dtype(settings.dtype, device)
-    src, local_only = locate(name, source)
+    src, local_only = locate(name, source, offline_alternative=False)
     from transformers import AutoTokenizer, CLIPModel
 
     try:
         model = CLIPModel.from_pretrained(src, local_files_only=local_only, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
     except OSError as exc:
-        raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})") from exc
+        raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
+                            offline_alternative=False) from exc
     pre = _read_json(src, "preprocessor_config.json", local_only) or {}
     model = model.to(device)
     return ClipLogitsModel(model, tokenizer, name=name, settings=settings,

