@@ -88,7 +88,8 @@ def test_eval_all_runs_what_is_on_disk_and_writes_the_table(tmp_path, monkeypatc
     rec = _Recorder()
     monkeypatch.setattr(dslo.segmenter, "create_segmenter", rec)
     # The fixtures hold VOC, ADE20K and Cityscapes; Context and COCO are absent and reported.
-    code = cli_main(_eval_args("all", DATA / "fixtures", tmp_path, "clip-dir"))
+    code = cli_main(_eval_args("all", DATA / "fixtures", tmp_path, "clip-dir",
+                               "--attention-option", "short_side=224", "--set", "nms_threshold=0.6"))
     assert code == 1  # some benchmarks were missing
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["skipped"]) == {"context60", "context59", "coco_object", "coco_stuff"}
@@ -98,10 +99,12 @@ def test_eval_all_runs_what_is_on_disk_and_writes_the_table(tmp_path, monkeypatc
     assert sorted((kw["logits_options"]["short_side"], kw["max_side"]) for kw in rec.created) == [
         (336, 1024), (560, 1120)]
     assert all(kw["logits"] == "clip-dir" and kw["attention"] == "focus-s14" for kw in rec.created)
+    assert all(kw["attention_options"] == {"short_side": 224} and kw["nms_threshold"] == 0.6 for kw in rec.created)
     city = json.loads((tmp_path / "cityscapes" / "report.json").read_text())
     assert city["protocol"]["resize"] == {"logits_short_side": 560, "keep_ratio": True,
                                           "sliding_window": False, "max_side": 1120}
     voc = json.loads((tmp_path / "voc21" / "report.json").read_text())
+    assert voc["protocol"]["model"]["overrides"] == {"attention_options": {"short_side": 224}, "nms_threshold": 0.6}
     assert voc["protocol"]["background"]["policy"] == "class"
     assert voc["protocol"]["background"]["names"][:3] == ["sky", "wall", "tree"]
     assert json.loads((tmp_path / "voc20" / "report.json").read_text())["protocol"]["background"]["policy"] == "ignored"

@@ -68,6 +68,12 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=("mv", "op", "kl", "none"), help="head mode (default: the preset's)")
     p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                    metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
+    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
+                   default=[], metavar="KEY=VALUE",
+                   help="a logits-model setting (repeatable), e.g. --logits-option attention=qk")
+    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
+                   default=[], metavar="KEY=VALUE",
+                   help="an attention-model setting (repeatable), e.g. --attention-option resolution=768")
     p.add_argument("--class-file", metavar="FILE", help="class names replacing the shipped file")
     p.add_argument("--background-threshold", type=_positive_float, metavar="P",
                    help="VOC21/Context60/COCO-Object: instead of the background class, send pixels "
@@ -101,6 +107,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ov["mode"] = args.mode
     if args.dtype not in (None, "auto"):
         ov["dtype"] = args.dtype
+    if args.logits_options:
+        ov["logits_options"] = dict(args.logits_options)
+    if args.attention_options:
+        ov["attention_options"] = dict(args.attention_options)
     return ov
 
 
@@ -132,9 +142,11 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
             for name in ("logits", "attention"):
                 if getattr(args, name):
                     kw[name] = getattr(args, name)
+            if "short_side" in kw.get("logits_options", {}):
+                raise ValueError("set the CLIP input size with --short-side (it is part of the protocol)")
+            kw["logits_options"] = {**kw.get("logits_options", {}), "short_side": resize["logits_short_side"]}
             _SEGMENTERS[key] = create_segmenter(
-                args.model, device=_device(args.device), max_side=resize["max_side"],
-                logits_options={"short_side": resize["logits_short_side"]}, **kw,
+                args.model, device=_device(args.device), max_side=resize["max_side"], **kw,
             )
         return _SEGMENTERS[key]
 
