@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             "refine mv 448²", "refine op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (median)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)")
     print(markdown_table(fmt, cols))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
