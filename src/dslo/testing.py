@@ -59,7 +59,8 @@ def make_tiny_clip_tokenizer(path: str | os.PathLike) -> Path:
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_TINY_MERGES) + "\n", encoding="utf-8")
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in _TINY_MERGES], model_max_length=77)
+    # from the two files (every transformers version reads them), then save_pretrained adds the rest
+    tok = CLIPTokenizer.from_pretrained(path, model_max_length=77)
     tok.save_pretrained(path)
     return path
 

@@ -28,7 +28,7 @@ from dslo.models.common import (
     pixel_tensor,
 )
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import hf_dtype_kwargs, locate, resolve_dtype, weights_error
 
 __all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "normalize_classes"]
 
@@ -68,6 +68,18 @@ def normalize_classes(classes: Sequence[str | Sequence[str]]) -> list[list[str]]
             raise ValueError(f"class {i} ({c!r}) has an empty name; give at least one non-empty name per class")
         out.append(names)
     return out
+
+
+def _run_layer(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One unmasked CLIP encoder layer, across transformers versions (4.x takes a causal mask
+    argument and returns a tuple; 5.x neither)."""
+    import inspect
+
+    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
+        out = layer(h, None, None)
+    else:
+        out = layer(h, None)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _read_json(source: str, filename: str, local_only: bool) -> dict | None:
@@ -131,8 +143,7 @@ class ClipLogitsModel:
         with torch.inference_mode():
             h = vm.pre_layrnorm(vm.embeddings(x, interpolate_pos_encoding=True))
             for layer in vm.encoder.layers[:-1]:
-                h = layer(h, None)
-                h = h[0] if isinstance(h, tuple) else h  # transformers 4.x layers return tuples
+                h = _run_layer(layer, h)
         return h, (size[0] // self.patch_size, size[1] // self.patch_size)
 
     def _last_block(self, x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +258,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     from transformers import AutoTokenizer, CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(src, local_files_only=local_only, dtype=dtype)
+        model = CLIPModel.from_pretrained(src, local_files_only=local_only, **hf_dtype_kwargs(dtype))
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
