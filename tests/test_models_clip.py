@@ -200,6 +200,23 @@ def test_clip_attention_source(small, image, variant):
     torch.testing.assert_close(A, ref / ref.sum(1, keepdim=True), atol=1e-5, rtol=1e-4)
 
 
+def test_clip_attention_shares_a_loaded_model(small, image):
+    src = create_attention_model("clip", device="cpu", clip=small, dtype="auto")  # agreeing dtype is fine
+    assert src.clip is small
+    calls = []
+    hook = small.model.vision_model.embeddings.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fresh = image.copy()
+        fresh[0, 0] = 255 - fresh[0, 0]  # pixels this model has not seen yet
+        small.dense_features(fresh)
+        src.affinity(fresh)  # reuses the tower's forward from the logits call
+    finally:
+        hook.remove()
+    assert calls == [1]
+    with pytest.raises(TypeError, match="shared as loaded"):
+        create_attention_model("clip", device="cpu", clip=small, short_side=224)
+
+
 def test_clip_attention_by_directory(clip_dir, image):
     src = create_attention_model(clip_dir, device="cpu", short_side=112)  # a CLIP directory as the source
     A, (h, w) = src.affinity(image)

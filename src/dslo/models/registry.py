@@ -16,6 +16,7 @@ from dslo.models.weights import (
     is_local_or_cached,
     locate,
     resolve_device,
+    resolve_dtype,
     weights_error,
 )
 
@@ -161,8 +162,14 @@ def create_attention_model(name: str | os.PathLike, device: str | torch.device =
         clip = overrides.pop("clip", "clip-b16" if entry else name)
         if not isinstance(clip, ClipLogitsModel):
             clip = create_logits_model(clip, device=dev, **overrides)
-        elif overrides:
-            raise TypeError(f"settings {sorted(overrides)} apply to a new CLIP model, not to the one passed as clip=")
+        else:
+            # A loaded model is shared as it is; a dtype that agrees with it is accepted, so callers
+            # can pass the same settings to both models.
+            if "dtype" in overrides and resolve_dtype(overrides["dtype"], clip.device) == clip.dtype:
+                overrides.pop("dtype")
+            if overrides:
+                raise TypeError(f"settings {sorted(overrides)} would need a new CLIP model; the one passed as "
+                                "clip= is shared as loaded (create it with those settings instead)")
         return ClipAttentionSource(clip, variant=variant)
     if family in ("dinov2", "dino"):
         from dslo.models.vit import load_vit_attention
