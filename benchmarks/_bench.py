@@ -1,0 +1,223 @@
+"""Shared plumbing of the benchmark scripts: paths, the on-disk attention cache, atomic writes,
+markdown tables, and process memory measurement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+# The two real annotated sets of shared/data: dataset name -> sub-folder.
+DATASET_DIRS = {"camvid": "camvid", "coco_object": "coco_object"}
+
+
+def bench_cache_dir() -> Path:
+    """``$DSLO_BENCH_CACHE``, else ``~/.cache/dslo/bench`` (outside the repository)."""
+    env = os.environ.get("DSLO_BENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dslo" / "bench"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``, so a
+    reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def spaced_subset(n_total: int, n: int | None) -> list[int]:
+    """``n`` indices spread evenly over ``range(n_total)`` (all when ``n`` is None or too big).
+    Evenly spaced rather than the first ``n``: CamVid's test split is video, consecutive frames
+    are near duplicates."""
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    if n <= 0:
+        return []
+    return sorted({int(round(i * (n_total - 1) / max(1, n - 1))) for i in range(n)}) if n > 1 else [0]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "{:.1f}") -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if v != v else fmt.format(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention cache
+
+
+# The dslo.models sources that produce an attention source's affinity (None: all of dslo.models).
+_SOURCES = {"focus-s14": ("common.py", "vit.py", "focus.py"), "dinov2-reg-b14": ("common.py", "vit.py")}
+
+
+def _code_digest(name: str) -> str:
+    """Digest of the source that produces ``name``'s affinities: a change there invalidates every
+    cached affinity instead of silently reusing stale ones."""
+    import dslo.models
+
+    h = hashlib.blake2b(digest_size=8)
+    folder = Path(dslo.models.__file__).parent
+    files = [folder / f for f in _SOURCES[name]] if name in _SOURCES else sorted(folder.glob("*.py"))
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class AttentionCache:
+    """Affinities ``(A (N, N) float32, (h, w))`` of an attention source, computed once per image
+    and kept on disk as ``.npz`` (float32: cached and fresh runs give identical numbers).
+
+    The model is created lazily, only on the first cache miss. Key: model name, its settings, the
+    dslo.models source digest and the image pixels."""
+
+    def __init__(self, name: str, settings: dict[str, Any] | None = None, device: str = "cpu",
+                 root: Path | None = None, enabled: bool = True) -> None:
+        self.name, self.settings, self.device = name, dict(settings or {}), device
+        self.enabled = enabled
+        tag = json.dumps({"name": name, "settings": self.settings, "code": _code_digest(name)}, sort_keys=True,
+                         default=str)
+        self.tag = hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
+        self.dir = (root or bench_cache_dir()) / f"{name}-{self.tag}"
+        self._model = None
+        self.hits = self.misses = 0
+        self.compute_seconds = 0.0
+
+    @property
+    def model(self):
+        if self._model is None:
+            from dslo.models import create_attention_model
+
+            self._model = create_attention_model(self.name, device=self.device, **self.settings)
+        return self._model
+
+    def get(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``image (H, W, 3)`` uint8 → ``(A (N, N) float32 CPU tensor, (h, w))``."""
+        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+        path = self.dir / f"{key}.npz"
+        if self.enabled and path.is_file():
+            with np.load(path) as z:
+                self.hits += 1
+                return torch.from_numpy(z["A"].copy()), (int(z["grid"][0]), int(z["grid"][1]))
+        t0 = time.perf_counter()
+        A, grid = self.model.affinity(image)
+        A = A.float().cpu()
+        self.compute_seconds += time.perf_counter() - t0
+        self.misses += 1
+        if self.enabled:
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, A=A.numpy(), grid=np.asarray(grid, dtype=np.int64))
+            atomic_write_bytes(path, buf.getvalue())
+        return A, (int(grid[0]), int(grid[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+
+
+def maxrss_bytes() -> int:
+    """Peak resident set size of this process so far (bytes; Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (bytes), from /proc (Linux) or psutil when available."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil  # type: ignore
+
+        return int(psutil.Process().memory_info().rss)
+
+
+class PeakRSS:
+    """Peak resident memory while a block runs, sampled every ``interval`` s on a thread (the
+    process-wide ``ru_maxrss`` only ever grows, so after the model loads it cannot show a later,
+    smaller stage's peak). ``.peak_delta``: peak minus the RSS at entry (bytes)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = current_rss_bytes()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
+
+    @property
+    def peak_delta(self) -> int:
+        return max(0, self.peak - self.start)
+
+
+def timed(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[Any, float]:
+    """``(fn(), seconds)``, synchronising an accelerator before and after."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t0
