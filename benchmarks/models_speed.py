@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import write_json  # noqa: E402
-from _measure import peak_memory, time_ms  # noqa: E402
+from _measure import markdown_table, peak_memory, time_ms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
@@ -180,12 +180,10 @@ def main() -> None:
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(f"measured {name}", file=sys.stderr, flush=True)
     cols = ["model", "weights", "device", "dtype", "params_M", "grid", "N", "forward_ms", "peak_MB"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    print(f"\nforward_ms: median of {args.repeat} after {args.warmup} warm-up call(s); peak_MB: memory added by "
-          "one forward (GPU: allocator peak; CPU: resident-set high-water mark). Input 480x360; default settings.")
+    print(markdown_table(rows, cols))
+    print(f"\nforward_ms: best of {args.repeat} after {args.warmup} warm-up call(s) (other load only adds time); "
+          "peak_MB: memory added by one forward (GPU: allocator peak; CPU: resident-set high-water mark). "
+          "Input 480x360; registry defaults; params: the whole model (CLIP: both towers; SD2: UNet + VAE).")
     if args.json:
         write_json(args.json, rows)
 

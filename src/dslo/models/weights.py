@@ -54,7 +54,8 @@ def _hub_endpoint() -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DSLO_OFFLINE"))
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DSLO_OFFLINE")
+    return any(os.environ.get(v, "").lower() in _TRUE for v in names)
 
 
 def _hub_reachable(timeout: float | None = None) -> bool:
@@ -105,6 +106,8 @@ def weights_error(model: str, source: str, reason: str, *, extra_fix: str | None
         hub = "offline mode is set" if _offline() else "not reachable, or the download failed"
         looked = (f"the Hugging Face cache {_hf_cache()} (repo '{source}'); "
                   f"the Hub at {_hub_endpoint()} ({hub})")
+        if "/" in source:  # 'models/clip' may have been meant as a relative directory
+            looked += f"; no local directory {Path(source).resolve()} either"
         hub_id = source
     fixes = [
         "connect to the internet once: the weights are downloaded into the Hugging Face cache "
