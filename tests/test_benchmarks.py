@@ -1,0 +1,182 @@
+"""The benchmark scripts: the evidence generator (exact patch fractions, seeding, each degradation
+doing what it says), the memory sampler, and a smoke run of the real-image benchmark on one image
+per dataset (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(BENCH))
+
+import _bench  # noqa: E402
+import evidence  # noqa: E402
+from evidence import EvidenceConfig, logits_grid, make_evidence, patch_fractions, stable_seed  # noqa: E402
+
+CLEAN = EvidenceConfig(blur_sigma=0.0, noise_amp=0.0, confusion_prob=0.0, distractors=0)
+
+
+def _label(seed: int = 0, shape=(45, 61), K: int = 5) -> np.ndarray:
+    """A blocky label map with an ignore band: classes 0..K-2 present, class K-1 absent."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, K - 1, size=(5, 7))
+    lab = np.kron(coarse, np.ones((9, 9), dtype=np.int64))[: shape[0], : shape[1]]
+    lab = np.pad(lab, ((0, max(0, shape[0] - lab.shape[0])), (0, max(0, shape[1] - lab.shape[1]))), mode="edge")
+    lab[20:23, :] = 255
+    return lab
+
+
+def test_patch_fractions_match_a_naive_loop():
+    lab = _label()
+    K, (h, w) = 5, (7, 9)
+    got = patch_fractions(lab, K, (h, w))
+    H, W = lab.shape
+    want = np.zeros((K, h, w))
+    for y in range(H):
+        for x in range(W):
+            if lab[y, x] < K:
+                want[lab[y, x], y * h // H, x * w // W] += 1
+    tot = want.sum(0, keepdims=True)
+    want = np.divide(want, tot, out=np.zeros_like(want), where=tot > 0)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    sums = got.sum(0)
+    assert np.all((np.abs(sums - 1) < 1e-6) | (sums == 0))
+
+
+def test_patch_fractions_all_ignored_patch_is_zero():
+    lab = np.full((10, 10), 255)
+    lab[:, 5:] = 1
+    fr = patch_fractions(lab, 3, (1, 2))
+    np.testing.assert_array_equal(fr[:, 0, 0], 0)
+    np.testing.assert_allclose(fr[:, 0, 1], [0, 1, 0])
+
+
+def test_logits_grid_is_clip_b16_at_336():
+    assert logits_grid((360, 480)) == (21, 28)
+    assert logits_grid((480, 640)) == (21, 28)
+    assert logits_grid((640, 427)) == (31, 21)
+
+
+def test_clean_evidence_maps_fractions_to_the_cosine_range():
+    lab = _label()
+    L = make_evidence(lab, 5, (7, 9), CLEAN, seed=1)
+    fr = torch.from_numpy(patch_fractions(lab, 5, (7, 9)))
+    torch.testing.assert_close(L, 0.15 + 0.15 * fr)
+
+
+def test_evidence_is_seeded_and_deterministic():
+    lab = _label()
+    cfg = evidence.PRESETS["medium"]
+    a = make_evidence(lab, 5, (7, 9), cfg, seed=stable_seed(0, "x", "img", "medium"))
+    b = make_evidence(lab, 5, (7, 9), cfg, seed=stable_seed(0, "x", "img", "medium"))
+    c = make_evidence(lab, 5, (7, 9), cfg, seed=stable_seed(1, "x", "img", "medium"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    assert stable_seed(0, "x") == stable_seed(0, "x") != stable_seed(0, "y")
+
+
+def test_stable_seed_does_not_depend_on_the_process():
+    # blake2b of the joined parts: a fixed value, unlike the per-process salted hash().
+    import hashlib
+
+    want = int.from_bytes(hashlib.blake2b("0\x1fcamvid".encode(), digest_size=8).digest(), "little") >> 1
+    assert stable_seed(0, "camvid") == want
+
+
+def test_distractors_touch_only_absent_classes():
+    lab = _label()  # class 4 absent
+    cfg = CLEAN.replace(distractors=3, distractor_amp=0.5)
+    L = make_evidence(lab, 8, (7, 9), cfg, seed=3)  # absent: 4, 5, 6, 7
+    clean = make_evidence(lab, 8, (7, 9), CLEAN, seed=3)
+    changed = [c for c in range(8) if not torch.equal(L[c], clean[c])]
+    assert len(changed) == 3 and all(c >= 4 for c in changed)
+    assert all(float((L[c] - clean[c]).max()) <= 0.15 * 0.5 + 1e-6 for c in changed)
+
+
+def test_confusion_leaks_into_another_present_class():
+    lab = _label()
+    cfg = CLEAN.replace(confusion_prob=1.0, confusion_weight=0.5)
+    L = make_evidence(lab, 5, (7, 9), cfg, seed=5)
+    clean = make_evidence(lab, 5, (7, 9), CLEAN, seed=5)
+    assert torch.all(L >= clean - 1e-7)
+    assert torch.equal(L[4], clean[4])  # the absent class is never a confusion partner
+    assert float((L - clean).sum()) > 0
+    # Leaked evidence is at most half of the source class: the true class still wins everywhere.
+    fr = patch_fractions(lab, 5, (7, 9))
+    pure = fr.max(0) == 1
+    assert np.all(L.numpy().argmax(0)[pure] == fr.argmax(0)[pure])
+
+
+def test_presets_degrade_in_order():
+    """Patch-level agreement of the evidence argmax with the majority label falls easy > medium > hard."""
+    lab = _label(shape=(90, 122), K=5)
+    fr = patch_fractions(lab, 5, (14, 19))
+    valid = fr.sum(0) > 0
+    acc = {}
+    for name, cfg in evidence.PRESETS.items():
+        hits = []
+        for s in range(8):
+            L = make_evidence(lab, 5, (14, 19), cfg, seed=s)
+            hits.append((L.numpy().argmax(0) == fr.argmax(0))[valid].mean())
+        acc[name] = float(np.mean(hits))
+    assert acc["easy"] > acc["medium"] > acc["hard"], acc
+
+
+def test_spaced_subset_and_table():
+    assert _bench.spaced_subset(10, 3) == [0, 4, 9]
+    assert _bench.spaced_subset(5, None) == list(range(5))
+    assert _bench.spaced_subset(5, 9) == list(range(5))
+    assert _bench.spaced_subset(5, 1) == [0]
+    t = _bench.markdown_table(["a", "b"], [["x", 1.234], ["y", float("nan")]])
+    assert t.splitlines() == ["| a | b |", "|---|---|", "| x | 1.2 |", "| y | – |"]
+
+
+def test_peak_rss_sees_a_transient_allocation():
+    with _bench.PeakRSS() as m:
+        big = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        big.sum()
+        del big
+    assert m.peak_delta >= 48 * 2**20
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    p = tmp_path / "sub" / "x.json"
+    _bench.write_json(p, {"a": (1, 2), "b": np.float32(0.5)})
+    assert json.loads(p.read_text()) == {"a": [1, 2], "b": 0.5}
+    assert [q.name for q in p.parent.iterdir()] == ["x.json"]
+
+
+@pytest.mark.skipif(not (DATA / "camvid").is_dir() or not (DATA / "coco_object").is_dir(),
+                    reason="../shared/data (CamVid, COCO-Object) not present")
+def test_refine_real_smoke_run_and_cache(tmp_path, monkeypatch):
+    """One image per dataset, real focus-s14 attention at a small input: every method scores,
+    and a second run served from the attention cache gives identical numbers."""
+    import refine_real
+
+    monkeypatch.setenv("DSLO_BENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    argv = ["--images", "1", "--presets", "medium", "--short-side", "224", "--out", str(out)]
+    assert refine_real.main(argv) == 0
+    first = json.loads(out.read_text())
+    res = first["main"]["results"]
+    assert set(res) == {"camvid", "coco_object"}
+    for ds in res:
+        assert set(res[ds]["medium"]) == set(refine_real.METHODS)
+        for m, r in res[ds]["medium"].items():
+            assert 0.0 <= r["miou"] <= 100.0 and r["images"] == 1, (ds, m, r)
+    assert first["meta"]["vocabulary"] == {"camvid": 11, "coco_object": 81}
+    md = out.with_suffix(".md").read_text()
+    assert "| (e) M.V. |" in md and "CamVid medium" in md
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2
+
+    assert refine_real.main(argv) == 0
+    second = json.loads(out.read_text())
+    assert second["meta"]["attention_seconds_computed"] == 0.0
+    assert second["main"]["results"] == first["main"]["results"]
