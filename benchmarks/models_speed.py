@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -127,6 +128,7 @@ def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> di
 
     image = read_image_file(IMAGE) if IMAGE.is_file() else \
         np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    load_before = os.getloadavg()[0]  # other processes on a shared machine inflate CPU timings
     t0 = time.perf_counter()
     model, weights = build(name, device)
     build_s = time.perf_counter() - t0
@@ -153,7 +155,8 @@ def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> di
     return {"model": name, "weights": weights, "device": str(device), "dtype": dtype,
             "params_M": round(n_params / 1e6, 1), "image": "480x360", "grid": f"{grid[0]}x{grid[1]}",
             "N": grid[0] * grid[1], "forward_ms": round(ms, 1), "peak_MB": round(peak["peak_mb"], 1),
-            "build_s": round(build_s, 1), "repeat": repeat}
+            "build_s": round(build_s, 1), "repeat": repeat,
+            "load_avg": round(max(load_before, os.getloadavg()[0]), 1)}
 
 
 def main() -> None:
@@ -179,11 +182,13 @@ def main() -> None:
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(f"measured {name}", file=sys.stderr, flush=True)
-    cols = ["model", "weights", "device", "dtype", "params_M", "grid", "N", "forward_ms", "peak_MB"]
+    cols = ["model", "weights", "device", "dtype", "params_M", "grid", "N", "forward_ms", "peak_MB", "load_avg"]
     print(markdown_table(rows, cols))
     print(f"\nforward_ms: best of {args.repeat} after {args.warmup} warm-up call(s) (other load only adds time); "
           "peak_MB: memory added by one forward (GPU: allocator peak; CPU: resident-set high-water mark). "
-          "Input 480x360; registry defaults; params: the whole model (CLIP: both towers; SD2: UNet + VAE).")
+          "Input 480x360; registry defaults; params: the whole model (CLIP: both towers; SD2: UNet + VAE). "
+          f"load_avg: the 1-minute load average around the measurement ({os.cpu_count()} CPUs here); "
+          "CPU timings are only comparable between rows measured at a similar load.")
     if args.json:
         write_json(args.json, rows)
 
