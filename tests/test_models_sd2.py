@@ -106,6 +106,21 @@ def test_stop_early_gives_the_same_maps(sd_dir, src, image):
         torch.testing.assert_close(a[k], b[k])
 
 
+def test_noise_option(sd_dir, src, image):
+    from diffusers import DDPMScheduler
+
+    clean = src.latents(image)
+    noisy = create_attention_model("sd2", device="cpu", model_id=str(sd_dir), resolution=RES, timestep=100,
+                                   noise_seed=3)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    eps = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    a = sched.alphas_cumprod[100]
+    torch.testing.assert_close(noisy.latents(image), a.sqrt() * clean + (1 - a).sqrt() * eps, atol=1e-5, rtol=1e-4)
+    assert src.settings.noise_seed is None  # default: noise-free, the latents are the posterior mode
+    with pytest.raises(ValueError, match="timestep"):
+        create_attention_model("sd2", device="cpu", model_id=str(sd_dir), timestep=1000)
+
+
 def test_mixed_resolution_layers(sd_dir, image):
     s = create_attention_model("sd2", device="cpu", model_id=str(sd_dir), resolution=RES,
                                layers=("up_blocks.2", "up_blocks.3.attentions.1.transformer_blocks.0.attn1"),

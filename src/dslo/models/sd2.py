@@ -1,7 +1,8 @@
 """Stable Diffusion 2 self-attention as the affinity (SPEC §3, the paper's default source).
 
 The image is resized to a square ``resolution`` (512), VAE-encoded without noise (latent mode ×
-scaling factor), and the UNet is called once at ``timestep`` 0 with the empty prompt. A diffusers
+scaling factor; ``noise_seed`` adds the forward-diffusion noise of ``timestep`` for ablations), and
+the UNet is called once at ``timestep`` 0 with the empty prompt. A diffusers
 attention processor, installed only on the chosen ``attn1`` (self-attention) layers, records
 ``mean_h softmax(Q Kᵀ/√d)`` and computes the layer's usual output from the same probabilities, so
 the UNet's output is unchanged. Default layers: ``up_blocks.3.attentions.0/1`` (64×64 grid at 512),
@@ -35,7 +36,8 @@ class Sd2Settings:
     """Settings of the SD2 attention source (SPEC §3 defaults)."""
 
     resolution: int = 512  # square input side in pixels (the paper: higher is better; 768/1024 open)
-    timestep: int = 0  # the single UNet call's timestep (latents are never noised)
+    timestep: int = 0  # the single UNet call's timestep
+    noise_seed: int | None = None  # None: noise-free latents (SPEC); a seed: noise them to `timestep`
     layers: tuple[str, ...] = ("up_blocks.3.attentions.0", "up_blocks.3.attentions.1")
     layer_weights: tuple[float, ...] | None = None  # one per entry of layers; None: equal (0.5/0.5)
     prompt: str = ""  # the conditioning prompt (empty: unconditional)
@@ -52,6 +54,8 @@ class Sd2Settings:
                 raise ValueError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
                                  "numbers with a positive sum, one per entry of layers")
             object.__setattr__(self, "layer_weights", w)
+        if not 0 <= self.timestep < 1000:
+            raise ValueError(f"timestep={self.timestep} must be in [0, 1000)")
         if self.resolution % 64:
             raise ValueError(f"resolution={self.resolution} must be a multiple of 64 (VAE ×8, UNet ×8)")
 
@@ -165,8 +169,10 @@ def _upsample_attention(a: torch.Tensor, side: int) -> torch.Tensor:
 class Sd2AttentionSource:
     """``affinity(image) -> (A (N, N), (h, w))`` from SD2's UNet self-attention."""
 
-    def __init__(self, unet: Any, vae: Any, prompt_embeds: torch.Tensor, *, name: str, settings: Sd2Settings) -> None:
+    def __init__(self, unet: Any, vae: Any, prompt_embeds: torch.Tensor, *, name: str, settings: Sd2Settings,
+                 scheduler: Any = None) -> None:
         self.unet, self.vae = unet.eval(), vae.eval()
+        self.scheduler = scheduler  # only used to noise latents when settings.noise_seed is set
         self.prompt_embeds = prompt_embeds
         self.name, self.settings = name, settings
         p = next(unet.parameters())
@@ -181,15 +187,29 @@ class Sd2AttentionSource:
                 f"layers={s.layers}, device={self.device}, dtype={self.dtype})")
 
     def latents(self, image: Any) -> torch.Tensor:
-        """``(1, 4, R/8, R/8)`` noise-free latents of the image squashed to ``R×R``."""
+        """``(1, 4, R/8, R/8)`` latents of the image squashed to ``R×R``: the VAE posterior's mode ×
+        scaling factor; with ``noise_seed`` set, forward-diffused to ``timestep`` by the scheduler."""
         R = self.settings.resolution
         arr = to_rgb_array(image)
         if arr.shape[:2] != (R, R):
             arr = np.asarray(Image.fromarray(arr).resize((R, R), Image.BICUBIC))
         x = torch.from_numpy(np.array(arr)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.inference_mode():
-            dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
-            return dist.mode() * self.vae.config.scaling_factor
+            lat = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
+            if self.settings.noise_seed is not None:
+                g = torch.Generator(device="cpu").manual_seed(self.settings.noise_seed)
+                noise = torch.randn(lat.shape, generator=g, dtype=torch.float32).to(lat)
+                t = torch.tensor([self.settings.timestep], device=lat.device)
+                lat = self._scheduler().add_noise(lat, noise, t)
+        return lat
+
+    def _scheduler(self) -> Any:
+        if self.scheduler is None:  # Stable Diffusion's training schedule (scaled linear betas)
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                           beta_start=0.00085, beta_end=0.012)
+        return self.scheduler
 
     def attention_maps(self, image: Any) -> dict[str, torch.Tensor]:
         """Head-averaged ``(n, n)`` float32 attention of every hooked module (key: module path)."""
@@ -270,4 +290,12 @@ def load_sd2(name: str, source: str, *, device: torch.device, **overrides: Any) 
     with torch.inference_mode():
         embeds = text_encoder(ids)[0]
     del text_encoder  # only the prompt embedding is needed from here on
-    return Sd2AttentionSource(unet, vae, embeds, name=name, settings=settings)
+    scheduler = None
+    if settings.noise_seed is not None:
+        from diffusers import DDPMScheduler
+
+        try:  # the checkpoint's own training schedule when it ships one
+            scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+        except (OSError, ValueError):
+            scheduler = None  # Stable Diffusion's schedule is used (see Sd2AttentionSource._scheduler)
+    return Sd2AttentionSource(unet, vae, embeds, name=name, settings=settings, scheduler=scheduler)
