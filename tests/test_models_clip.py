@@ -68,7 +68,11 @@ def reference_dense(model, pixels, variant, keep_residual, keep_mlp):
         a, b = (q, k) if i < L - 1 else {"qk": (q, k), "kk": (k, k), "qq": (q, q)}[variant]
         attn = torch.softmax(a @ b.transpose(-1, -2) / (C // nh) ** 0.5, -1)
         o = _lin((attn @ val).transpose(1, 2).reshape(x.shape), sd, pre + "self_attn.out_proj")
-        mlp = lambda t: _lin(quick_gelu(_lin(_ln(t, sd, pre + "layer_norm2", eps), sd, pre + "mlp.fc1")), sd, pre + "mlp.fc2")  # noqa: E731
+
+        def mlp(t, pre=pre):
+            hidden = quick_gelu(_lin(_ln(t, sd, pre + "layer_norm2", eps), sd, pre + "mlp.fc1"))
+            return _lin(hidden, sd, pre + "mlp.fc2")
+
         if i < L - 1:
             x = x + o
             x = x + mlp(x)
@@ -131,7 +135,8 @@ def test_template_average_and_synonym_max_equal_hand_computation(small, image):
     gh, gw = m.grid_for(image.shape[:2])
     assert logits.shape == (3, gh, gw) and logits.dtype == torch.float32
     feats = m.dense_features(image)
-    per = {n: torch.einsum("d,hwd->hw", _hand_text(m, n), feats) for n in ["sky", "person", "man", "the cyclist", "car"]}
+    names = ["sky", "person", "man", "the cyclist", "car"]
+    per = {n: torch.einsum("d,hwd->hw", _hand_text(m, n), feats) for n in names}
     torch.testing.assert_close(logits[0], per["sky"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[1], torch.maximum(torch.maximum(per["person"], per["man"]), per["the cyclist"]),
                                atol=1e-5, rtol=1e-4)

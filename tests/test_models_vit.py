@@ -38,7 +38,10 @@ def reference_affinity(src, image, layers=(-1,), layer_weights=None, head_weight
     total = 0
     for w, i in zip(lw, layers):
         a = att[i][0]
-        a = a.mean(0) if head_weights is None else torch.einsum("h,hij->ij", torch.tensor(head_weights) / sum(head_weights), a)
+        if head_weights is None:
+            a = a.mean(0)
+        else:
+            a = torch.einsum("h,hij->ij", torch.tensor(head_weights) / sum(head_weights), a)
         total = total + w / sum(lw) * a
     p = src.num_prefix
     A = total[p:, p:]

@@ -122,7 +122,8 @@ class ClipLogitsModel:
         if "dtype" in overrides:
             raise TypeError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
         settings = replace(self.settings, **overrides)
-        return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings, mean=self.mean, std=self.std)
+        return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
+                               mean=self.mean, std=self.std)
 
     # ---- image side -------------------------------------------------------------------------
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:

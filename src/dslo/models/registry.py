@@ -50,7 +50,8 @@ LOGITS: dict[str, Entry] = {
 
 ATTENTION: dict[str, Entry] = {
     "sd2": Entry("sd2", None, "Stable Diffusion 2 UNet self-attention, up_blocks.3 (paper default)"),
-    "dinov2-reg-b14": Entry("dinov2", "facebook/dinov2-with-registers-base", "DINOv2-B/14 with registers (paper's best)"),
+    "dinov2-reg-b14": Entry("dinov2", "facebook/dinov2-with-registers-base",
+                            "DINOv2-B/14 with registers (paper's best)"),
     "dinov2-b14": Entry("dinov2", "facebook/dinov2-base", "DINOv2-B/14"),
     "dino-b8": Entry("dino", "facebook/dino-vitb8", "DINO ViT-B/8"),
     "clip": Entry("clip-attention", None, "the CLIP logits model's own last-layer attention"),
@@ -151,7 +152,8 @@ def create_attention_model(name: str | os.PathLike, device: str | torch.device =
     dev = resolve_device(device)
     entry = ATTENTION.get(name)
     if entry is None and name in LOGITS:
-        raise ValueError(f"{name!r} is a logits model; for its attention use create_attention_model('clip', clip={name!r})")
+        raise ValueError(f"{name!r} is a logits model; for its attention use "
+                         f"create_attention_model('clip', clip={name!r})")
     if entry is None:
         _check_not_a_typo(name, "attention")
     family = entry.family if entry else _family_from_config(_config_of(name, name))

@@ -185,7 +185,8 @@ def wrap_vit(model: Any, *, name: str, device: torch.device, dtype: torch.dtype,
                               mean=mean, std=std)
 
 
-def load_vit_attention(name: str, source: str, *, family: str, device: torch.device, **overrides: Any) -> VitAttentionSource:
+def load_vit_attention(name: str, source: str, *, family: str, device: torch.device,
+                       **overrides: Any) -> VitAttentionSource:
     """Load a DINOv2 / DINOv2-with-registers / DINO (ViT) checkpoint as an attention source."""
     check_settings(f"attention source '{name}'", overrides, VIT_SETTINGS)
     settings = VitAttentionSettings(**overrides)

@@ -205,7 +205,8 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, accelerator_default: torch.dtype = torch.float32) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *,
+                  accelerator_default: torch.dtype = torch.float32) -> torch.dtype:
     """``"auto"``/None → ``accelerator_default`` on CUDA/MPS, float32 on CPU. Half precision on
     the CPU is refused (slow and inaccurate there)."""
     if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
@@ -217,5 +218,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, acce
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
     if device.type == "cpu" and dtype != torch.float32:
-        raise ValueError(f"dtype {dtype} is only supported on an accelerator; on the CPU use dtype='float32' (or 'auto')")
+        raise ValueError(f"dtype {dtype} is only supported on an accelerator; "
+                         "on the CPU use dtype='float32' (or 'auto')")
     return dtype
