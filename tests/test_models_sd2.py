@@ -145,3 +145,15 @@ def test_upsample_attention_properties():
 def test_missing_model_names_the_setting(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="DSLO_SD2_MODEL"):
         create_attention_model("sd2", device="cpu", model_id=str(tmp_path / "no-such-sd2"))
+
+
+def test_model_id_from_the_environment(sd_dir, monkeypatch):
+    from dslo.models import weights_available
+    from dslo.models.registry import SD2_DEFAULT_MODEL, describe_model
+
+    monkeypatch.delenv("DSLO_SD2_MODEL", raising=False)
+    assert SD2_DEFAULT_MODEL in describe_model("sd2")
+    monkeypatch.setenv("DSLO_SD2_MODEL", str(sd_dir))
+    assert str(sd_dir) in describe_model("sd2") and weights_available("sd2")
+    m = create_attention_model("sd2", device="cpu", resolution=RES)
+    assert m.affinity(np.zeros((20, 30, 3), np.uint8))[0].shape == (256, 256)
