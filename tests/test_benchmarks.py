@@ -180,3 +180,59 @@ def test_refine_real_smoke_run_and_cache(tmp_path, monkeypatch):
     second = json.loads(out.read_text())
     assert second["meta"]["attention_seconds_computed"] == 0.0
     assert second["main"]["results"] == first["main"]["results"]
+
+
+# ------------------------------------------------------------------------------------------------
+# speed.py
+
+
+def _semantic_affinity(h: int, w: int) -> torch.Tensor:
+    """Patches attend mostly within their own vertical half: a two-region affinity, rows sum to 1."""
+    region = (torch.arange(w) >= w // 2).repeat(h)
+    A = torch.where(region[:, None] == region[None, :], 1.0, 0.02) + torch.rand(h * w, h * w) * 0.01
+    return A / A.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("mode", ["mv", "op"])
+def test_speed_head_stages_reproduce_refine(mode):
+    """The stage-by-stage head that speed.py times is the head: same labels as refine()."""
+    import speed
+    from dslo.head import HeadConfig, refine
+
+    torch.manual_seed(0)
+    h, w = 6, 8
+    L = 0.2 + 0.02 * torch.randn(4, 5, 7)
+    L[1, :, :3] += 0.1
+    L[2, :, 4:] += 0.1
+    A = _semantic_affinity(h, w)
+    image = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
+    cfg = HeadConfig()
+    st = speed.head_stages(L, A, (h, w), image, mode, cfg)
+    for name in ("seeds", "ipf", "discrepancy", "jbu"):
+        st[name]()
+    ref = refine(L, A, image, mode=mode, grid=(h, w), config=cfg)
+    assert torch.equal(st["_state"]["labels"], ref.labels)
+    assert torch.equal(st["_state"]["kept"], ref.kept)
+
+
+def test_mv_steps_reads_the_latest_arrival():
+    import speed
+
+    arrival = torch.tensor([[0.0, 1.0, 2.4], [0.0, 3.0, 0.5]])
+    assert speed.mv_steps(1.0 / (1.0 + arrival)) == 3
+
+
+def test_speed_offline_preset_in_process():
+    """The offline preset (real focus-s14, random-init CLIP B/16) end to end, one repeat."""
+    import speed
+
+    row = speed.measure_preset("offline", torch.device("cpu"), repeat=1, image_path=None, one_template=True)
+    assert row["stages_match_refine"] is True
+    assert row["attention_grid"] == "32x43" and row["N"] == 1376
+    assert 1 <= row["K_kept"] <= 11 and row["mv_steps"] >= 1
+    for k in ("logits_ms", "attention_ms", "seeds_ms", "ipf_ms", "discrepancy_ms", "jbu_ms", "predict_ms"):
+        assert row[k] > 0, k
+    assert row["predict_ms"] >= row["attention_ms"]
+    assert row["process_peak_MB"] > 100
+    md = speed.render([row], {"command": "x", "machine": "m", "repeat": 1, "text_names": 11})
+    assert "| offline |" in md

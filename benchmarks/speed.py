@@ -1,0 +1,340 @@
+"""End-to-end speed of every segmenter preset: per-stage time, peak memory, images per second.
+
+Real CLIP / DINOv2 / SD2 weights cannot be downloaded here, so each Hub-backed model is built
+**with random weights from its real architecture** (the published configs, via
+``benchmarks/models_speed.py``'s ``build``: same layers, widths, heads, patch size, the registry's
+default input size); speed and memory do not depend on the weight values, with one exception
+stated in the table: the M.V. chain runs until every patch has arrived, and how many steps that
+takes depends on the attention (column ``mv_steps``). ``focus-s14`` uses its real weights.
+
+Random CLIP logits are meaningless (every class ties everywhere), so the head is fed the timing
+frame's GT-derived medium evidence (``evidence.py``) on the CLIP grid instead; the CLIP forward
+is still run and timed. Image: a 480×360 CamVid test frame with its ground truth, vocabulary the
+11 CamVid classes. End to end = CLIP logits + ``Segmenter.refine`` (attention, head,
+upsampling), i.e. what ``Segmenter.predict`` runs. The text embeddings are computed once per
+vocabulary and reported apart from the per-image time.
+
+Each preset runs in its own subprocess, so memory numbers do not carry over between presets.
+Per stage, the best of ``--repeat`` runs after one warm-up (other load on a shared machine only
+ever adds time). Peak memory: CPU — the resident-set high-water mark added by one image (reset
+before it) and the process's peak RSS (weights included); GPU — ``torch.cuda.max_memory_allocated``.
+
+    python benchmarks/speed.py --quick          # default + offline presets, < 3 min on 2 CPU cores
+    python benchmarks/speed.py                  # every preset, CPU
+    python benchmarks/speed.py --device cuda    # every preset on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench import RESULTS_DIR, atomic_write_text, markdown_table, maxrss_bytes, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
+QUICK_PRESETS = ["default", "offline"]
+STAGES = ["logits", "attention", "seeds", "ipf", "discrepancy", "jbu"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn: Callable[[], Any], device: torch.device, repeat: int) -> tuple[Any, float]:
+    """``(last output, best wall time in ms)`` over ``repeat`` calls."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) * 1000)
+    return out, best
+
+
+def mv_steps(velocity: torch.Tensor) -> int:
+    """Chain steps the M.V. stage ran: the latest (interpolated) arrival step, rounded up
+    (``V = 1 / (1 + l)``)."""
+    return int(np.ceil(float((1.0 / velocity - 1.0).max()) - 1e-6))
+
+
+def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], image: np.ndarray, mode: str,
+                cfg: Any) -> dict[str, Callable[..., Any]]:
+    """The head of ``dslo.head.refine`` split into its stages, each a closure over the previous
+    stage's output (so each can be timed alone). Returns the stage callables in order."""
+    from dslo.head import early_rejection, ipf, maximum_velocity, nms, normalize, optimal_path, upsample_maps
+    from dslo.head.upsample import guide_image
+
+    state: dict[str, Any] = {}
+
+    def seeds():
+        L = logits.float()
+        if tuple(L.shape[1:]) != tuple(grid):
+            L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+        flat = L.reshape(L.shape[0], -1)
+        masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
+        if not keep.any():  # as refine does: every patch ambiguous → seed each patch's arg-max class
+            keep = flat == flat.amax(dim=0, keepdim=True)
+            masked = flat.masked_fill(~keep, float("-inf"))
+        kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above, cfg.nms_scale)
+        a, _ = normalize(masked[kept], cfg.norm_scale)
+        state.update(a=a, kept=kept)
+        return a
+
+    def ipf_stage():
+        state["T"] = ipf(A, cfg.ipf_iters)
+        return state["T"]
+
+    def discrepancy():
+        if mode == "mv":
+            D = maximum_velocity(state["a"], state["T"], cfg.delta, cfg.max_steps, cfg.interpolate)
+        else:
+            D = optimal_path(state["a"], state["T"], cfg.eps, cfg.sinkhorn_iters, cfg.readout, cfg.normalize_max)
+        state["D"] = D
+        return D
+
+    def jbu():
+        img = guide_image(image, device=logits.device)
+        scores = upsample_maps(state["D"].reshape(-1, *grid), img, cfg)
+        state["labels"] = state["kept"][scores.argmax(0)]
+        return state["labels"]
+
+    return {"seeds": seeds, "ipf": ipf_stage, "discrepancy": discrepancy, "jbu": jbu, "_state": state}
+
+
+def _n_params(*modules: Any) -> float:
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters()) / 1e6
+
+
+def _modules_of(model: Any) -> list:
+    if hasattr(model, "unet"):
+        return [model.unet, model.vae]
+    if hasattr(model, "clip"):  # CLIP attention shares the logits model
+        return []
+    return [model.model]
+
+
+def frame_and_label(image_path: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The timing image, its CamVid ground truth (255 = ignore) and where they came from. Without
+    ../shared/data: random pixels and a blocky random label of the same size."""
+    from dslo.imageio import read_image_file
+
+    path = image_path or IMAGE
+    label_path = path.parent.parent / (path.parent.name + "annot") / path.name
+    if path.is_file() and label_path.is_file():
+        from dslo.eval.datasets import read_label_png
+
+        label = read_label_png(label_path).astype(np.int64)
+        label[label >= 11] = 255
+        return read_image_file(path), label, f"CamVid {path.name}"
+    rng = np.random.default_rng(0)
+    image = read_image_file(path) if path.is_file() else rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    H, W = image.shape[:2]
+    label = np.kron(rng.integers(0, 11, (6, 8)), np.ones((H // 6 + 1, W // 8 + 1), dtype=np.int64))[:H, :W]
+    return image, label, "random blocks" if not path.is_file() else f"{path.name} with a random block label"
+
+
+def measure_preset(preset: str, device: torch.device, repeat: int, image_path: Path | None,
+                   one_template: bool = False) -> dict:
+    """One preset, in this process: build, warm up, time every stage and the whole pipeline.
+
+    The head gets the frame's GT-derived medium evidence (``evidence.py``) on the CLIP grid in
+    place of the random CLIP's logits, so NMS and early rejection keep a realistic set of classes;
+    the CLIP forward is still run and timed. End to end = ``logits_model.logits`` +
+    ``Segmenter.refine`` (attention, head, upsampling to the image) on the same image — what
+    ``Segmenter.predict`` runs. ``one_template``: encode each class name with one prompt template
+    instead of CLIP's 80 (only the once-per-vocabulary text time depends on it)."""
+    from evidence import PRESETS, make_evidence, stable_seed
+    from models_speed import build
+
+    from dslo.eval.classes import read_class_file
+    from dslo.head import HeadConfig, refine
+    from dslo.imageio import resize_max_side
+    from dslo.segmenter import Segmenter, list_presets
+
+    _reset_peak()
+    p = list_presets()[preset]
+    logits_name = p["logits"] or "clip-b16"  # the offline preset takes any CLIP: time B/16
+    t0 = time.perf_counter()
+    logits_model, lw = build(logits_name, device)
+    attention_model, aw = build(p["attention"], device)
+    build_s = time.perf_counter() - t0
+    if one_template:
+        logits_model = logits_model.with_settings(templates=("a photo of a {}.",))
+    seg = Segmenter(logits_model, attention_model, mode=p["mode"], info={"preset": preset})
+    image, label, source = frame_and_label(image_path)
+    small = resize_max_side(image, seg.max_side).copy()
+    if small.shape[:2] != label.shape:
+        raise SystemExit(f"the timing image {image.shape[1]}x{image.shape[0]} is larger than max_side; use a smaller one")
+    classes = read_class_file("camvid")
+    names = list(dict.fromkeys(n for g in classes for n in g))
+    grid_l = logits_model.grid_for(small.shape[:2])
+    E = make_evidence(label, len(classes), tuple(grid_l), PRESETS["medium"], stable_seed(0, "speed", source))
+    E = E.to(device)
+
+    _, text_ms = best_of(lambda: logits_model.text_embeddings(names), device, 1)  # cold: once per vocabulary
+    counter = [0]
+
+    def fresh() -> np.ndarray:
+        # a different pixel per call: the models memoise their last image by content
+        counter[0] += 1
+        small[0, 0, 0] = counter[0] % 256
+        return small
+
+    def pipeline():
+        img = fresh()
+        logits_model.logits(img, classes)
+        return seg.refine(E, img, classes)
+
+    pipeline()  # warm-up (allocator, kernels)
+    times: dict[str, float] = {}
+    L, times["logits"] = best_of(lambda: logits_model.logits(fresh(), classes), device, repeat)
+    if tuple(L.shape[1:]) != tuple(grid_l):
+        raise RuntimeError(f"logits grid {tuple(L.shape[1:])} differs from grid_for {tuple(grid_l)}")
+    (A, grid), times["attention"] = best_of(lambda: attention_model.affinity(fresh()), device, repeat)
+    cfg = HeadConfig()
+    st = head_stages(E, A, tuple(grid), small, p["mode"], cfg)
+    for name in ("seeds", "ipf", "discrepancy", "jbu"):
+        _, times[name] = best_of(st[name], device, repeat)
+    state = st["_state"]
+    ref = refine(E, A, small, mode=p["mode"], grid=tuple(grid), config=cfg)
+    same = bool(torch.equal(ref.labels.cpu(), state["labels"].cpu()))
+
+    from _measure import peak_memory
+
+    # peak_memory resets the kernel's RSS high-water mark (which ru_maxrss reads), so take the
+    # process peak so far first.
+    process_peak = maxrss_bytes()
+    with peak_memory(device) as peak:
+        pipeline()
+    _, e2e_ms = best_of(pipeline, device, repeat)
+
+    row = {
+        "preset": preset, "logits": logits_name, "attention": p["attention"], "mode": p["mode"],
+        "weights": f"{logits_name}: {lw}; {p['attention']}: {aw}",
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "dtype": str(getattr(attention_model, "dtype", "")).replace("torch.", ""),
+        "params_M": round(_n_params(logits_model.model, *_modules_of(attention_model)), 1),
+        "image": f"{image.shape[1]}x{image.shape[0]}", "image_source": source,
+        "logits_grid": "x".join(map(str, L.shape[1:])), "attention_grid": f"{grid[0]}x{grid[1]}",
+        "N": int(grid[0] * grid[1]), "K": len(classes), "head_input": "GT-derived medium evidence (evidence.py)", "K_kept": int(state["kept"].numel()),
+        "mv_steps": mv_steps(state["D"]) if p["mode"] == "mv" else None,
+        "text_once_ms": round(text_ms, 1), "text_templates": len(logits_model.settings.templates),
+        **{f"{k}_ms": round(v, 1) for k, v in times.items()},
+        "head_ms": round(sum(times[k] for k in ("seeds", "ipf", "discrepancy", "jbu")), 1),
+        "predict_ms": round(e2e_ms, 1), "images_per_s": round(1000.0 / e2e_ms, 3),
+        "predict_peak_MB": round(peak["peak_mb"], 1),
+        "process_peak_MB": round(max(process_peak, maxrss_bytes()) / 2**20, 1),
+        "build_s": round(build_s, 1), "repeat": repeat, "stages_match_refine": same,
+    }
+    if device.type == "cuda":
+        row["gpu_peak_allocated_MB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return row
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    dev = rows[0]["device"] if rows else "?"
+    stage_cols = [f"{s}_ms" for s in STAGES]
+    detail = markdown_table(
+        ["preset", "models (mode)", "grid N", "K'"] + [s for s in STAGES] + ["head", "predict", "img/s",
+                                                                             "peak MB (predict / process)"],
+        [[r["preset"], f"{r['logits']} + {r['attention']} ({r['mode']}"
+          + (f", {r['mv_steps']} steps)" if r["mv_steps"] is not None else ")"),
+          f"{r['attention_grid']} {r['N']}", r["K_kept"]] + [_ms(r[c]) for c in stage_cols]
+         + [_ms(r["head_ms"]), _ms(r["predict_ms"]), f"{r['images_per_s']:.2f}",
+            f"{r['predict_peak_MB']:.0f} / {r['process_peak_MB']:.0f}"] for r in rows])
+    summary = markdown_table(
+        ["preset", "models", "params (M)", f"speed (img/s), {dev}", "peak memory (MB)"],
+        [[r["preset"], f"{r['logits']} + {r['attention']}, {r['mode'].upper()}", f"{r['params_M']:.1f}",
+          f"{r['images_per_s']:.2f}", f"{r['process_peak_MB']:.0f}"] for r in rows])
+    text_once = ", ".join(f"{r['preset']} {r['text_once_ms'] / 1000:.1f} s ({r['text_templates']} template"
+                          f"{'s' if r['text_templates'] > 1 else ''})" for r in rows)
+    return (f"<!-- generated by: {meta['command']} -->\n\n"
+            f"Device: {dev} ({meta['machine']}); image {rows[0]['image'] if rows else '?'} "
+            f"({rows[0]['image_source'] if rows else '?'}), CamVid vocabulary (K = 11); **random-init weights "
+            f"from the real configs** (focus-s14: real weights); the head runs on GT-derived evidence. "
+            f"Times in ms, best of {meta['repeat']} after a warm-up.\n\n{summary}\n\n{detail}\n\n"
+            f"Text embeddings (once per vocabulary, {meta['text_names']} names × templates): {text_once}.\n")
+
+
+def _ms(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dslo.segmenter import list_presets
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=None, choices=list(list_presets()))
+    ap.add_argument("--quick", action="store_true", help=f"presets {QUICK_PRESETS}, repeat 1 (< 3 min on 2 CPU cores)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per stage (best is reported; default 3, quick 1)")
+    ap.add_argument("--image", type=Path, default=None, help=f"image to time on (default {IMAGE.name} from CamVid)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (.md beside it); default benchmarks/results/speed_<device>[_quick].json")
+    ap.add_argument("--one-template", action="store_true",
+                    help="encode class names with 1 prompt template, not 80 (default with --quick; text time only)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    repeat = args.repeat or (1 if args.quick else 3)
+    if args.worker:
+        torch.manual_seed(0)
+        print(json.dumps(measure_preset(args.worker, device, repeat, args.image, args.one_template)))
+        return 0
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA GPU is visible to torch", file=sys.stderr)
+        return 2
+    presets = args.presets or (QUICK_PRESETS if args.quick else list(list_presets()))
+    rows = []
+    t0 = time.perf_counter()
+    for name in presets:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--device", args.device,
+               "--repeat", str(repeat)] + (["--image", str(args.image)] if args.image else []) \
+            + (["--one-template"] if args.one_template or args.quick else [])
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"{name}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"measured {name}: {rows[-1]['predict_ms']:.0f} ms/image", file=sys.stderr, flush=True)
+    from dslo.eval.classes import read_class_file
+
+    meta = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "repeat": repeat, "seconds": round(time.perf_counter() - t0, 1),
+            "text_names": len({n for g in read_class_file("camvid") for n in g})}
+    tag = "cpu" if device.type == "cpu" else "cuda"
+    out = args.out or RESULTS_DIR / f"speed_{tag}{'_quick' if args.quick else ''}.json"
+    write_json(out, {"meta": meta, "rows": rows})
+    md = render(rows, meta)
+    atomic_write_text(out.with_suffix(".md"), md)
+    print(md)
+    print(f"wrote {out} and {out.with_suffix('.md')} in {meta['seconds']} s", file=sys.stderr)
+    return 0 if len(rows) == len(presets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
