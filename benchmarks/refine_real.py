@@ -124,13 +124,14 @@ class Item:
 
 
 def load_items(data_root: Path, dataset: str, limit: int | None) -> tuple[list[Item], Any]:
+    """``limit`` evenly spaced samples of ``dataset`` (all when None), loaded into memory."""
     ds = get_dataset(dataset, data_root / DATASET_DIRS[dataset])
-    idx = spaced_subset(len(ds), limit)
-    items = []
-    for i in idx:
-        s = ds[i]
-        items.append(Item(dataset, s.stem, s.load_image(), s.load_label(), ds.num_classes))
-    return items, ds
+    return [_item(ds, i) for i in spaced_subset(len(ds), limit)], ds
+
+
+def _item(ds: Any, i: int) -> Item:
+    s = ds[i]
+    return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes)
 
 
 def evidence_for(item: Item, preset: str, seed: int, cfg: EvidenceConfig | None = None) -> torch.Tensor:
@@ -238,10 +239,9 @@ def run_sweeps(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[s
             accs = {(v, m): IoUAccumulator(K) for v in range(len(sw.values)) for m in sw.modes}
             for vi, value in enumerate(sw.values):
                 src = cache
-                if sw.kind == "attention":
-                    settings = {**cache.settings, sw.setting: value}
-                    src = cache if value == sw.default else AttentionCache(ATTENTION, settings, device,
-                                                                            enabled=cache_enabled)
+                if sw.kind == "attention" and not _same(cache.settings.get(sw.setting, sw.default), value):
+                    # sw.default is the model's own default, so an unset setting means that value
+                    src = AttentionCache(ATTENTION, {**cache.settings, sw.setting: value}, device, enabled=cache_enabled)
                 for it in items:
                     A, grid = src.get(it.image)
                     L = evidence_for(it, "medium", seed)
@@ -357,14 +357,13 @@ def run(args: argparse.Namespace) -> dict:
     main_items: dict[str, list[Item]] = {}
     sweep_items: dict[str, list[Item]] = {}
     for ds in args.datasets:
-        n_load = n_main
-        if args.sweep or args.sweep_only:
-            n_load = None  # load all, subset below
-        items, dset = load_items(args.data_root, ds, n_load)
+        dset = get_dataset(ds, args.data_root / DATASET_DIRS[ds])
         names[ds] = list(dset.class_names)
-        all_idx = list(range(len(items)))
-        main_items[ds] = [items[i] for i in spaced_subset(len(items), n_main)] if n_load is None else items
-        sweep_items[ds] = [items[i] for i in spaced_subset(len(all_idx), args.sweep_images)]
+        main_idx = [] if args.sweep_only else spaced_subset(len(dset), n_main)
+        sweep_idx = spaced_subset(len(dset), args.sweep_images) if (args.sweep or args.sweep_only) else []
+        loaded = {i: _item(dset, i) for i in sorted(set(main_idx) | set(sweep_idx))}
+        main_items[ds] = [loaded[i] for i in main_idx]
+        sweep_items[ds] = [loaded[i] for i in sweep_idx]
 
     report: dict = {
         "meta": {
