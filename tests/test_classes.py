@@ -25,7 +25,7 @@ def test_list_items_may_carry_synonyms_like_a_file_line():
 
 def test_file_one_class_per_line_synonyms_by_comma(tmp_path):
     f = tmp_path / "classes.txt"
-    f.write_text("\ufeffsky\nbuilding, house\n\n  road,street \n", encoding="utf-8")
+    f.write_text("\ufeff# a comment line\nsky\nbuilding, house\n\n  road,street \n  # another\n", encoding="utf-8")
     expected = [["sky"], ["building", "house"], ["road", "street"]]
     assert read_classes_file(f) == expected
     assert normalize_classes(f) == expected  # a Path means a file
@@ -40,6 +40,25 @@ def test_real_classes_file_reads():
     classes = read_classes_file(f)
     # ADE20K shares synonyms between classes ("screen door, screen" / "blind, screen"): allowed
     assert len(classes) == 150 and classes[1] == ["building", "edifice"]
+
+
+def test_the_packaged_benchmark_class_files_read_the_same_as_dslo_eval():
+    from dslo.eval.classes import read_class_file
+
+    root = Path(__file__).resolve().parents[1] / "src" / "dslo" / "eval" / "classnames"
+    files = sorted(root.glob("*.txt"))
+    if not files:
+        pytest.skip("no packaged class-name files")
+    for f in files:
+        assert [c[0] for c in read_classes_file(f)] == [c[0] for c in read_class_file(f)], f.name
+
+
+def test_default_stuff_words_are_the_standard_background_line():
+    root = Path(__file__).resolve().parents[1] / "src" / "dslo" / "eval" / "classnames"
+    f = root / "voc21.txt"
+    if not f.is_file():
+        pytest.skip("no packaged voc21 class-name file")
+    assert tuple(read_classes_file(f)[0]) == DEFAULT_STUFF_WORDS
 
 
 @pytest.mark.parametrize(

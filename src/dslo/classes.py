@@ -8,7 +8,8 @@ its synonyms (SPEC §2). Users hand classes over in three forms, all normalised 
 * a sequence whose items are classes: a string (one class; commas inside it separate synonyms,
   exactly like a line of a classes file) or a list of synonyms;
 * a text file (``pathlib.Path``, or a string path ending in ``.txt`` that exists): one class per
-  line, synonyms comma-separated, blank lines ignored.
+  line, synonyms comma-separated; blank lines and lines starting with ``#`` (comments, as in the
+  benchmark files of ``dslo/eval/classnames/``) are skipped.
 
 Empty and duplicate names are rejected with a message naming the offending entry, because a
 silently dropped or doubled class shifts every class id after it.
@@ -32,14 +33,14 @@ ClassesLike = Union[str, os.PathLike, Sequence[Union[str, Sequence[str]]]]
 
 BACKGROUND_NAME = "background"
 
-# Stuff words for the background class, in the spirit of the standard benchmark class-name files
-# (VOC/COCO-Object put such words on their background line): surfaces, scenery and room parts
-# that are rarely the object a user asks for. Words that are also a user class are dropped from
-# the background at prediction time, so asking for "sky" or "road" still works.
+# Stuff words for the background class: exactly the background line of the standard VOC21 and
+# COCO-Object class-name files (SCLIP's cls_voc21.txt / cls_coco_object.txt), so results stay
+# comparable with published numbers. Words that are also a user class are dropped from the
+# background at prediction time, so asking for "sky" or "road" still works.
 DEFAULT_STUFF_WORDS: tuple[str, ...] = (
-    "background", "sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
-    "sand", "desk", "bed", "building", "cloud", "lamp", "door", "window", "wardrobe", "ceiling",
-    "shelf", "curtain", "stair", "floor", "hill", "rail", "fence",
+    "sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain", "sands", "desk",
+    "bed", "building", "cloud", "lamp", "door", "window", "wardrobe", "ceiling", "shelf",
+    "curtain", "stair", "floor", "hill", "rail", "fence",
 )
 
 # Logit scale of the CLIP class softmax used by the threshold policy (the head's NMS scale s).
@@ -79,7 +80,8 @@ def parse_class_string(text: str) -> list[list[str]]:
 
 
 def read_classes_file(path: str | os.PathLike) -> list[list[str]]:
-    """Read a classes file: one class per line, synonyms comma-separated, blank lines ignored.
+    """Read a classes file: one class per line, synonyms comma-separated; blank lines and ``#``
+    comment lines are skipped.
 
     Returns ``K`` synonym lists. Raises ``FileNotFoundError`` / ``ValueError`` naming the file and line.
     """
@@ -93,7 +95,7 @@ def read_classes_file(path: str | os.PathLike) -> list[list[str]]:
     classes = [
         _split_synonyms(line, f"{path}, line {lineno}")
         for lineno, line in enumerate(text.splitlines(), start=1)
-        if line.strip()
+        if line.strip() and not line.lstrip().startswith("#")
     ]
     if not classes:
         raise ValueError(f"classes file {path} has no classes: write one class per line")
