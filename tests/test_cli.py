@@ -2,7 +2,6 @@
 input, with the colour stand-in models of test_segmenter (fast; the real-model end-to-end runs are
 in test_cli_e2e.py)."""
 
-import io
 import json
 import os
 from pathlib import Path

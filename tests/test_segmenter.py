@@ -7,7 +7,6 @@ regions the right answer is known without any hard-coded label map.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -313,7 +313,8 @@ class Segmenter:
         return rec
 
     @torch.no_grad()
-    def predict(self, image: ImageLike, classes: ClassesLike, background: object = None) -> SegmentationResult:
+    def predict(self, image: ImageLike, classes: ClassesLike,
+                background: object = None) -> SegmentationResult:
         """Segment one image into the given classes.
 
         image: a path, PIL image, ``(H, W, 3)`` uint8 numpy array or ``(3, H, W)`` torch tensor.
