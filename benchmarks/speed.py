@@ -296,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="JSON output (.md beside it); default benchmarks/results/speed_<device>[_quick].json")
     ap.add_argument("--one-template", action="store_true",
                     help="encode class names with 1 prompt template, not 80 (default with --quick; text time only)")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the measured presets' rows in an existing --out file (re-measure one "
+                         "preset that other load disturbed)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -328,12 +331,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "text_names": len({n for g in read_class_file("camvid") for n in g})}
     tag = "cpu" if device.type == "cpu" else "cuda"
     out = args.out or RESULTS_DIR / f"speed_{tag}{'_quick' if args.quick else ''}.json"
+    if args.update and out.is_file():
+        old = json.loads(out.read_text())
+        new = {r["preset"]: r for r in rows}
+        order = [r["preset"] for r in old["rows"]] + [p for p in new if p not in {r["preset"] for r in old["rows"]}]
+        merged = {r["preset"]: r for r in old["rows"]} | new
+        rows = [merged[p] for p in order]
+        meta["command"] = old["meta"]["command"] + f"; re-measured {', '.join(new)}: {meta['command']}"
+        meta["seconds"] = round(old["meta"].get("seconds", 0) + meta["seconds"], 1)
     write_json(out, {"meta": meta, "rows": rows})
     md = render(rows, meta)
     atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')} in {meta['seconds']} s", file=sys.stderr)
-    return 0 if len(rows) == len(presets) else 1
+    return 0 if all(p in {r["preset"] for r in rows} for p in presets) else 1
 
 
 if __name__ == "__main__":
