@@ -9,10 +9,9 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -168,56 +167,3 @@ def maxrss_bytes() -> int:
     """Peak resident set size of this process so far (bytes; Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r) if sys.platform == "darwin" else int(r) * 1024
-
-
-def current_rss_bytes() -> int:
-    """Resident set size now (bytes), from /proc (Linux) or psutil when available."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import psutil  # type: ignore
-
-        return int(psutil.Process().memory_info().rss)
-
-
-class PeakRSS:
-    """Peak resident memory while a block runs, sampled every ``interval`` s on a thread (the
-    process-wide ``ru_maxrss`` only ever grows, so after the model loads it cannot show a later,
-    smaller stage's peak). ``.peak_delta``: peak minus the RSS at entry (bytes)."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = current_rss_bytes()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss_bytes())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss_bytes())
-
-    @property
-    def peak_delta(self) -> int:
-        return max(0, self.peak - self.start)
-
-
-def timed(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[Any, float]:
-    """``(fn(), seconds)``, synchronising an accelerator before and after."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t0

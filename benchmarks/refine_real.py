@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -248,7 +248,8 @@ def run_sweeps(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[s
                 src = cache
                 if sw.kind == "attention" and not _same(cache.settings.get(sw.setting, sw.default), value):
                     # sw.default is the model's own default, so an unset setting means that value
-                    src = AttentionCache(ATTENTION, {**cache.settings, sw.setting: value}, device, enabled=cache_enabled)
+                    src = AttentionCache(ATTENTION, {**cache.settings, sw.setting: value}, device,
+                                         enabled=cache_enabled)
                     if extra_caches is not None:
                         extra_caches.append(src)
                 for it in items:
@@ -333,7 +334,8 @@ def _ds_title(ds: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder holding camvid/ and coco_object/")
     ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS), choices=list(DATASET_DIRS))
     ap.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
@@ -356,7 +358,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-cache", action="store_true", help="recompute every affinity (nothing written)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON output (a .md table is written beside it); default benchmarks/results/refine_real[_quick].json")
+                    help="JSON output (a .md table is written beside it); "
+                         "default benchmarks/results/refine_real[_quick].json")
     return ap.parse_args(argv)
 
 
@@ -425,7 +428,8 @@ def run(args: argparse.Namespace) -> dict:
         report["findings"] = sweep_findings(report["sweeps"])
     report["meta"]["attention"]["model_repr"] = repr(cache._model) if cache._model is not None else "(all cached)"
     report["meta"]["seconds"] = round(time.perf_counter() - t_start, 1)
-    report["meta"]["attention_seconds_computed"] = round(cache.compute_seconds + sum(c.compute_seconds for c in extra), 1)
+    computed = cache.compute_seconds + sum(c.compute_seconds for c in extra)
+    report["meta"]["attention_seconds_computed"] = round(computed, 1)
     return report
 
 
@@ -439,7 +443,8 @@ def render(report: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
             f"`{k}={v}`" for k, v in report["meta"]["head_overrides"].items()))
     if "main" in report:
         imgs = ", ".join(f"{_ds_title(d)} {n}" for d, n in report["meta"]["images"].items())
-        parts.append(f"mIoU (%), evidence strength × dataset; images: {imgs}\n\n" + main_table(report["main"], presets, methods))
+        parts.append(f"mIoU (%), evidence strength × dataset; images: {imgs}\n\n"
+                     + main_table(report["main"], presets, methods))
         er = report["main"].get("early_rejection", {})
         if er:
             parts.append("Early rejection (medium evidence): " + "; ".join(

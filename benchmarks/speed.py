@@ -179,7 +179,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     image, label, source = frame_and_label(image_path)
     small = resize_max_side(image, seg.max_side).copy()
     if small.shape[:2] != label.shape:
-        raise SystemExit(f"the timing image {image.shape[1]}x{image.shape[0]} is larger than max_side; use a smaller one")
+        raise SystemExit(f"the timing image {image.shape[1]}x{image.shape[0]} is larger than max_side; "
+                         "use a smaller one")
     classes = read_class_file("camvid")
     names = list(dict.fromkeys(n for g in classes for n in g))
     grid_l = logits_model.grid_for(small.shape[:2])
@@ -231,7 +232,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
         "params_M": round(_n_params(logits_model.model, *_modules_of(attention_model)), 1),
         "image": f"{image.shape[1]}x{image.shape[0]}", "image_source": source,
         "logits_grid": "x".join(map(str, L.shape[1:])), "attention_grid": f"{grid[0]}x{grid[1]}",
-        "N": int(grid[0] * grid[1]), "K": len(classes), "head_input": "GT-derived medium evidence (evidence.py)", "K_kept": int(state["kept"].numel()),
+        "N": int(grid[0] * grid[1]), "K": len(classes), "K_kept": int(state["kept"].numel()),
+        "head_input": "GT-derived medium evidence (evidence.py)",
         "mv_steps": mv_steps(state["D"]) if p["mode"] == "mv" else None,
         "text_once_ms": round(text_ms, 1), "text_templates": len(logits_model.settings.templates),
         **{f"{k}_ms": round(v, 1) for k, v in times.items()},
@@ -286,11 +288,13 @@ def _ms(v: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from dslo.segmenter import list_presets
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=None, choices=list(list_presets()))
     ap.add_argument("--quick", action="store_true", help=f"presets {QUICK_PRESETS}, repeat 1 (< 3 min on 2 CPU cores)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--repeat", type=int, default=None, help="timed runs per stage (best is reported; default 3, quick 1)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed runs per stage (best is reported; default 3, quick 1)")
     ap.add_argument("--image", type=Path, default=None, help=f"image to time on (default {IMAGE.name} from CamVid)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON output (.md beside it); default benchmarks/results/speed_<device>[_quick].json")

@@ -138,12 +138,10 @@ def test_spaced_subset_and_table():
     assert t.splitlines() == ["| a | b |", "|---|---|", "| x | 1.2 |", "| y | – |"]
 
 
-def test_peak_rss_sees_a_transient_allocation():
-    with _bench.PeakRSS() as m:
-        big = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        big.sum()
-        del big
-    assert m.peak_delta >= 48 * 2**20
+def test_maxrss_is_at_least_the_current_process_size():
+    big = np.ones(32 * 2**20 // 8)  # 32 MiB, touched
+    assert _bench.maxrss_bytes() >= big.nbytes
+    del big
 
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
