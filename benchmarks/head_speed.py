@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import devices, markdown_table, peak_memory, time_ms  # noqa: E402
 
+from dslo.outputs import atomic_write_text  # noqa: E402
 from dslo.head import (  # noqa: E402
     HeadConfig,
     early_rejection,
@@ -101,10 +102,13 @@ def main(argv=None) -> int:
             "refine mv 448²", "refine op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)")
-    print(markdown_table(fmt, cols))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)"
+    table = markdown_table(fmt, cols)
+    print(header)
+    print(table)
+    if args.json:  # the rows as JSON, and the printed table next to them as markdown
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(args.json.with_suffix(".md"), f"{header}\n\n{table}\n")
     return 0
 
 

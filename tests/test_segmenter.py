@@ -323,3 +323,16 @@ def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
+
+
+def test_clip_attention_shares_the_logits_model(tmp_path):
+    """attention="clip" reuses the loaded logits CLIP (one tower in memory) instead of loading a
+    second one; the segmenter still runs end to end through the real loaders."""
+    from dslo.testing import make_tiny_clip
+
+    clip_dir = make_tiny_clip(tmp_path / "clip")
+    s = create_segmenter("offline", logits=clip_dir, attention="clip", device="cpu")
+    assert s.attention_model.clip is s.logits_model
+    img, truth = _picture()
+    result = s.predict(img, ["red", "green", "blue"])
+    assert result.labels.shape == truth.shape and set(np.unique(result.labels)) <= {0, 1, 2}

@@ -34,6 +34,7 @@ from dslo.classes import (
     parse_background,
 )
 from dslo.imageio import ImageLike, resize_max_side, to_rgb_array
+from dslo.models.weights import resolve_device
 
 __all__ = [
     "PRESETS",
@@ -90,21 +91,6 @@ _OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background
 def list_presets() -> dict[str, dict]:
     """Preset name → ``{"logits", "attention", "mode", "description"}`` (copies)."""
     return {name: dict(p) for name, p in PRESETS.items()}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) → cuda when available, then mps, then cpu; other values as given."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
@@ -479,8 +465,13 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
         model_kw["dtype"] = overrides["dtype"]
     logits_model = create_logits_model(os.fspath(logits_name), device=str(dev),
                                        **model_kw, **dict(overrides.get("logits_options") or {}))
+    attention_options = dict(overrides.get("attention_options") or {})
+    if os.fspath(attention_name) == "clip" and "clip" not in attention_options:
+        # CLIP's own attention: reuse the logits model (one tower in memory, one forward shared)
+        # instead of loading a second CLIP.
+        attention_options["clip"] = logits_model
     attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
-                                             **model_kw, **dict(overrides.get("attention_options") or {}))
+                                             **model_kw, **attention_options)
     info = {
         "preset": preset_name,
         "logits": os.fspath(logits_name),

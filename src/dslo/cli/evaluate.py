@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dslo.cli._args import parse_setting
+
 
 def _positive_float(text: str) -> float:
     v = float(text)
@@ -24,24 +26,6 @@ def _max_side(text: str) -> int:
     if n < 0 or 0 < n < 16:
         raise argparse.ArgumentTypeError("--max-side must be 0 (never downscale) or at least 16")
     return n
-
-
-def parse_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` → (key, value), the value read as int, float, bool, none or text."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = (s.strip() for s in text.split("=", 1))
-    low = value.lower()
-    if low in ("none", "null"):
-        return key, None
-    if low in ("true", "false"):
-        return key, low == "true"
-    for conv in (int, float):
-        try:
-            return key, conv(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def register(subparsers) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from dslo.cli._args import parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
 
 OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
@@ -128,24 +129,6 @@ def parse_save(text: str) -> list[str]:
             f"unknown output kind {bad[0] if bad else text!r}; choose from {', '.join(OUTPUT_KINDS)}"
         )
     return list(dict.fromkeys(kinds))
-
-
-def parse_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` → (key, value) with the value read as int, float, bool, none or text."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = (s.strip() for s in text.split("=", 1))
-    low = value.lower()
-    if low in ("none", "null"):
-        return key, None
-    if low in ("true", "false"):
-        return key, low == "true"
-    for conv in (int, float):
-        try:
-            return key, conv(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def max_side_arg(text: str) -> int | None:

@@ -178,11 +178,12 @@ def hf_dtype_kwargs(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA if available, else Apple MPS, else CPU; anything else is validated."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) → CUDA if available, else Apple MPS, else CPU; anything else is
+    validated: an unknown name or an absent accelerator is a ``ValueError`` saying what to use."""
     if isinstance(device, torch.device):
         return device
-    name = str(device).lower()
+    name = "auto" if device is None else str(device).lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -190,7 +191,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
