@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -146,3 +147,13 @@ def maxrss_bytes() -> int:
     """Peak resident set size of this process so far (bytes; Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def run_worker(cmd: Sequence[str], name: str, tail: int = 3000) -> dict | None:
+    """Run one measurement in its own process (so its memory peak is its own) and return the JSON
+    object on its last stdout line; on failure print the end of its stderr and return None."""
+    res = subprocess.run(list(cmd), capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"{name}: failed\n{res.stderr[-tail:]}", file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])

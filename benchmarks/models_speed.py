@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import write_json  # noqa: E402
+from _bench import run_worker, write_json  # noqa: E402
 from _measure import markdown_table, peak_memory, time_ms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,11 +175,10 @@ def main() -> None:
     for name in args.only:
         cmd = [sys.executable, __file__, "--worker", name, "--device", args.device,
                "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"{name}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+        row = run_worker(cmd, name, tail=2000)
+        if row is None:
             continue
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(row)
         print(f"measured {name}", file=sys.stderr, flush=True)
     cols = ["model", "weights", "device", "dtype", "params_M", "grid", "N", "forward_ms", "peak_MB", "load_avg"]
     print(markdown_table(rows, cols))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import RESULTS_DIR, atomic_write_text, markdown_table, maxrss_bytes, write_json  # noqa: E402
+from _bench import (  # noqa: E402
+    RESULTS_DIR,
+    atomic_write_text,
+    markdown_table,
+    maxrss_bytes,
+    run_worker,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
@@ -321,11 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--device", args.device,
                "--repeat", str(repeat)] + (["--image", str(args.image)] if args.image else []) \
             + (["--one-template"] if args.one_template or args.quick else [])
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"{name}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
+        row = run_worker(cmd, name)
+        if row is None:
             continue
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(row)
         print(f"measured {name}: {rows[-1]['predict_ms']:.0f} ms/image", file=sys.stderr, flush=True)
     from dslo.eval.classes import read_class_file
 

@@ -41,3 +41,17 @@ def check_same_n(a: torch.Tensor, a_name: str, m: torch.Tensor, m_name: str) -> 
             f"{a_name} of shape {tuple(a.shape)} does not match {m_name} of shape {tuple(m.shape)}: "
             f"the last dimension of {a_name} must equal N = {m.shape[0]}"
         )
+
+
+def class_maps_and_matrix(a: torch.Tensor, m: torch.Tensor, m_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``a`` ``(K, N)`` (or ``(N,)``) against a square ``(N, N)`` matrix ``m``; both
+    returned finite, in ``a``'s working dtype, ``a`` always 2-D."""
+    A = as_float(a, "a")
+    M = as_float(m, m_name).to(A.dtype)
+    if A.ndim == 1:
+        A = A[None]
+    check_square(M, m_name)
+    check_same_n(A, "a", M, m_name)
+    check_finite(A, "a")
+    check_finite(M, m_name)
+    return A, M

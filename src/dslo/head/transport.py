@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, check_finite, check_same_n, check_square
+from ._checks import as_float, check_finite, check_square, class_maps_and_matrix
 
 _TINY = 1e-30
 
@@ -90,14 +90,7 @@ def optimal_path(
     Returns:
         ``(K, N)`` discrepancy maps (larger = more of that class).
     """
-    A = as_float(a, "a")
-    C = as_float(cost, "cost").to(A.dtype)
-    if A.ndim == 1:
-        A = A[None]
-    check_square(C, "cost")
-    check_same_n(A, "a", C, "cost")
-    check_finite(A, "a")
-    check_finite(C, "cost")
+    A, C = class_maps_and_matrix(a, cost, "cost")
     if readout not in ("cost", "dual"):
         raise ValueError(f"readout must be 'cost' or 'dual', got {readout!r}")
     N = C.shape[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, check_finite, check_same_n, check_square
+from ._checks import as_float, check_finite, class_maps_and_matrix
 
 _TINY = 1e-30
 
@@ -31,14 +31,7 @@ def maximum_velocity(
     Returns:
         ``(K, N)`` velocities in ``[1/(1+max_steps), 1]``.
     """
-    A = as_float(a, "a")
-    T = as_float(transition, "transition").to(A.dtype)
-    if A.ndim == 1:
-        A = A[None]
-    check_square(T, "transition")
-    check_same_n(A, "a", T, "transition")
-    check_finite(A, "a")
-    check_finite(T, "transition")
+    A, T = class_maps_and_matrix(a, transition, "transition")
 
     f = A / A.amax(dim=1, keepdim=True).clamp_min(_TINY)
     live = A.amax(dim=1) > 0  # classes with mass; empty classes never arrive and are not waited for
