@@ -230,7 +230,8 @@ def test_speed_offline_preset_in_process():
     assert 1 <= row["K_kept"] <= 11 and row["mv_steps"] >= 1
     for k in ("logits_ms", "attention_ms", "seeds_ms", "ipf_ms", "discrepancy_ms", "jbu_ms", "predict_ms"):
         assert row[k] > 0, k
-    assert row["predict_ms"] >= row["attention_ms"]
+    # No ordering between timings is asserted: wall-clock times of separate runs are noise, and speed
+    # goals are checked by the benchmark tables, not by unit tests.
     assert row["process_peak_MB"] > 100
     md = speed.render([row], {"command": "x", "machine": "m", "repeat": 1, "text_names": 11})
     assert "| offline |" in md
