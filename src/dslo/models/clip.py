@@ -28,7 +28,7 @@ from dslo.models.common import (
     pixel_tensor,
 )
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import hf_dtype_kwargs, locate, resolve_dtype, weights_error
+from dslo.models.weights import locate, resolve_dtype, weights_error
 
 __all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "normalize_classes"]
 
@@ -70,16 +70,12 @@ def normalize_classes(classes: Sequence[str | Sequence[str]]) -> list[list[str]]
     return out
 
 
-def _run_layer(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """One unmasked CLIP encoder layer, across transformers versions (4.x takes a causal mask
-    argument and returns a tuple; 5.x neither)."""
+def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
+    """The mask arguments of an unmasked CLIP encoder layer call: 4.x layers also take a causal
+    mask, 5.x layers do not (4.x layers return a tuple, see the caller)."""
     import inspect
 
-    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
-        out = layer(h, None, None)
-    else:
-        out = layer(h, None)
-    return out[0] if isinstance(out, tuple) else out
+    return (None, None) if "causal_attention_mask" in inspect.signature(layer.forward).parameters else (None,)
 
 
 def _read_json(source: str, filename: str, local_only: bool) -> dict | None:
@@ -143,8 +139,10 @@ class ClipLogitsModel:
         vm = self.model.vision_model
         with torch.inference_mode():
             h = vm.pre_layrnorm(vm.embeddings(x, interpolate_pos_encoding=True))
+            masks = _no_masks(vm.encoder.layers[0])  # every layer has the same signature
             for layer in vm.encoder.layers[:-1]:
-                h = _run_layer(layer, h)
+                h = layer(h, *masks)
+                h = h[0] if isinstance(h, tuple) else h
         return h, (size[0] // self.patch_size, size[1] // self.patch_size)
 
     def _last_block(self, x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +257,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     from transformers import AutoTokenizer, CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(src, local_files_only=local_only, **hf_dtype_kwargs(dtype))
+        model = CLIPModel.from_pretrained(src, local_files_only=local_only, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",

@@ -30,7 +30,7 @@ import torch
 
 from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD, check_settings
-from dslo.models.weights import WeightsNotFoundError, cache_dir, hf_dtype_kwargs, resolve_dtype
+from dslo.models.weights import WeightsNotFoundError, cache_dir, resolve_dtype
 
 __all__ = ["onnx_path", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]
 
@@ -191,7 +191,6 @@ def load_focus(*, device: torch.device, **overrides: Any):
     dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)
     from transformers import Dinov2Model
 
-    model = Dinov2Model.from_pretrained(cached_model_dir(), attn_implementation="eager",
-                                        **hf_dtype_kwargs(dtype))
+    model = Dinov2Model.from_pretrained(cached_model_dir(), attn_implementation="eager", dtype=dtype)
     return wrap_vit(model, name="focus-s14", device=device, dtype=dtype, settings=settings,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from dslo.imageio import to_rgb_array
 from dslo.models.common import check_settings
-from dslo.models.weights import hf_dtype_kwargs, locate, resolve_dtype, weights_error
+from dslo.models.weights import locate, resolve_dtype, weights_error
 
 __all__ = ["Sd2Settings", "AttentionStore", "StoringAttnProcessor", "install_store", "Sd2AttentionSource", "load_sd2"]
 
@@ -281,8 +281,7 @@ def load_sd2(name: str, source: str, *, device: torch.device, **overrides: Any) 
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype,
                                             low_cpu_mem_usage=low_mem, **kw).to(device)
         tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **hf_dtype_kwargs(dtype),
-                                                     **kw).to(device)
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype, **kw).to(device)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})", extra_fix=extra) from exc
     ids = tokenizer([settings.prompt], padding="max_length", max_length=tokenizer.model_max_length,

@@ -24,7 +24,7 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
-from dslo.models.weights import hf_dtype_kwargs, locate, resolve_dtype, weights_error
+from dslo.models.weights import locate, resolve_dtype, weights_error
 
 __all__ = ["VitAttentionSettings", "VitAttentionSource", "load_vit_attention", "VIT_SETTINGS"]
 
@@ -198,7 +198,7 @@ def load_vit_attention(name: str, source: str, *, family: str, device: torch.dev
         config = AutoConfig.from_pretrained(src, local_files_only=local_only)
         kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
         model = AutoModel.from_pretrained(src, local_files_only=local_only, attn_implementation="eager",
-                                          **hf_dtype_kwargs(dtype), **kwargs)
+                                          dtype=dtype, **kwargs)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})") from exc
     mean, std = _preprocessor_stats(src, local_only)

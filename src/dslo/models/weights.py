@@ -23,7 +23,6 @@ __all__ = [
     "locate",
     "is_local_or_cached",
     "weights_error",
-    "hf_dtype_kwargs",
 ]
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
@@ -167,15 +166,6 @@ def locate(
     if not _hub_reachable():
         raise err("not cached and the Hugging Face Hub is unreachable")
     return source, False
-
-
-def hf_dtype_kwargs(dtype: torch.dtype) -> dict:
-    """The ``from_pretrained`` keyword for a dtype: ``dtype`` from transformers 4.56 on,
-    ``torch_dtype`` before (the old name is deprecated in new versions)."""
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
