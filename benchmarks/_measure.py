@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -53,21 +55,30 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def best_of(fn: Callable[[], T], device: torch.device, repeat: int) -> tuple[T, float]:
+    """``(last output, best wall time in ms)`` over ``repeat`` calls of ``fn`` (synchronising the
+    GPU around each call). The minimum, as timeit does: other load on the machine only ever adds
+    time."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) * 1000)
+    return out, best
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, repeat: int = 5, warmup: int = 1) -> float:
-    """Best-of-``repeat`` wall time of ``fn`` in milliseconds (synchronising the GPU around each
-    call). The minimum, as timeit does: other load on the machine only ever adds time."""
+    """Best-of-``repeat`` wall time of ``fn`` in milliseconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1000)
-    return min(times)
+    return best_of(fn, device, repeat)[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def devices(requested: str) -> list[torch.device]:

@@ -122,6 +122,16 @@ def build(name: str, device: torch.device):
     return wrap_vit(model.eval(), name=name, device=device, dtype=accel, settings=VitAttentionSettings()), "random init"
 
 
+def modules_of(model) -> list[torch.nn.Module]:
+    """The torch modules holding a built model's weights (SD2: UNet + VAE; CLIP attention: its
+    CLIP, both towers)."""
+    if hasattr(model, "unet"):
+        return [model.unet, model.vae]
+    if hasattr(model, "clip"):
+        return [model.clip.model]
+    return [model.model]
+
+
 def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> dict:
     from dslo.imageio import read_image_file
 
@@ -144,13 +154,9 @@ def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> di
     ms = time_ms(run, device, repeat=repeat, warmup=warmup)
     out = run()
     grid = tuple(out.shape[:2]) if hasattr(model, "dense_features") else out[1]
-    params = model.model if hasattr(model, "model") else getattr(model, "clip", None)
-    params = params.model if hasattr(params, "model") else params
-    if name == "sd2":
-        n_params = sum(p.numel() for m in (model.unet, model.vae) for p in m.parameters())
-    else:
-        n_params = sum(p.numel() for p in params.parameters())
-    dtype = str(next((model.unet if name == "sd2" else params).parameters()).dtype).replace("torch.", "")
+    modules = modules_of(model)
+    n_params = sum(p.numel() for m in modules for p in m.parameters())
+    dtype = str(next(modules[0].parameters()).dtype).replace("torch.", "")
     return {"model": name, "weights": weights, "device": str(device), "dtype": dtype,
             "params_M": round(n_params / 1e6, 1), "image": "480x360", "grid": f"{grid[0]}x{grid[1]}",
             "N": grid[0] * grid[1], "forward_ms": round(ms, 1), "peak_MB": round(peak["peak_mb"], 1),

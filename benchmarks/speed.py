@@ -48,28 +48,12 @@ from _bench import (  # noqa: E402
     run_worker,
     write_json,
 )
+from _measure import best_of, peak_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
 QUICK_PRESETS = ["default", "offline"]
 STAGES = ["logits", "attention", "seeds", "ipf", "discrepancy", "jbu"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_of(fn: Callable[[], Any], device: torch.device, repeat: int) -> tuple[Any, float]:
-    """``(last output, best wall time in ms)`` over ``repeat`` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, (time.perf_counter() - t0) * 1000)
-    return out, best
 
 
 def mv_steps(velocity: torch.Tensor) -> int:
@@ -82,7 +66,7 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
                 cfg: Any) -> dict[str, Callable[..., Any]]:
     """The head of ``dslo.head.refine`` split into its stages, each a closure over the previous
     stage's output (so each can be timed alone). Returns the stage callables in order."""
-    from dslo.head import early_rejection, ipf, maximum_velocity, nms, normalize, optimal_path, upsample_maps
+    from dslo.head import ipf, maximum_velocity, optimal_path, seed_classes, upsample_maps
     from dslo.head.upsample import guide_image
 
     state: dict[str, Any] = {}
@@ -91,13 +75,7 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
         L = logits.float()
         if tuple(L.shape[1:]) != tuple(grid):
             L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
-        flat = L.reshape(L.shape[0], -1)
-        masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
-        if not keep.any():  # as refine does: every patch ambiguous → seed each patch's arg-max class
-            keep = flat == flat.amax(dim=0, keepdim=True)
-            masked = flat.masked_fill(~keep, float("-inf"))
-        kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above, cfg.nms_scale)
-        a, _ = normalize(masked[kept], cfg.norm_scale)
+        a, kept = seed_classes(L.reshape(L.shape[0], -1), cfg)
         state.update(a=a, kept=kept)
         return a
 
@@ -122,16 +100,10 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
     return {"seeds": seeds, "ipf": ipf_stage, "discrepancy": discrepancy, "jbu": jbu, "_state": state}
 
 
-def _n_params(*modules: Any) -> float:
-    return sum(p.numel() for m in modules if m is not None for p in m.parameters()) / 1e6
-
-
-def _modules_of(model: Any) -> list:
-    if hasattr(model, "unet"):
-        return [model.unet, model.vae]
-    if hasattr(model, "clip"):  # CLIP attention shares the logits model
-        return []
-    return [model.model]
+def _n_params(*modules: torch.nn.Module) -> float:
+    """Millions of parameters, a module passed twice (shared by both models) counted once."""
+    unique = {id(m): m for m in modules}.values()
+    return sum(p.numel() for m in unique for p in m.parameters()) / 1e6
 
 
 def frame_and_label(image_path: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -165,7 +137,7 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     ``Segmenter.predict`` runs. ``one_template``: encode each class name with one prompt template
     instead of CLIP's 80 (only the once-per-vocabulary text time depends on it)."""
     from evidence import PRESETS, make_evidence, stable_seed
-    from models_speed import build
+    from models_speed import build, modules_of
 
     from dslo.eval.classes import read_class_file
     from dslo.head import HeadConfig, refine
@@ -221,8 +193,6 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     ref = refine(E, A, small, mode=p["mode"], grid=tuple(grid), config=cfg)
     same = bool(torch.equal(ref.labels.cpu(), state["labels"].cpu()))
 
-    from _measure import peak_memory
-
     # peak_memory resets the kernel's RSS high-water mark (which ru_maxrss reads), so take the
     # process peak so far first.
     process_peak = maxrss_bytes()
@@ -235,7 +205,7 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
         "weights": f"{logits_name}: {lw}; {p['attention']}: {aw}",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "dtype": str(getattr(attention_model, "dtype", "")).replace("torch.", ""),
-        "params_M": round(_n_params(logits_model.model, *_modules_of(attention_model)), 1),
+        "params_M": round(_n_params(logits_model.model, *modules_of(attention_model)), 1),
         "image": f"{image.shape[1]}x{image.shape[0]}", "image_source": source,
         "logits_grid": "x".join(map(str, L.shape[1:])), "attention_grid": f"{grid[0]}x{grid[1]}",
         "N": int(grid[0] * grid[1]), "K": len(classes), "K_kept": int(state["kept"].numel()),

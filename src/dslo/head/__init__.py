@@ -4,7 +4,7 @@ Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinit
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
 """
 
-from .refine import MODES, HeadConfig, RefineResult, discrepancy, infer_grid, refine, upsample_maps
+from .refine import MODES, HeadConfig, RefineResult, discrepancy, infer_grid, refine, seed_classes, upsample_maps
 from .seeds import class_confidence, early_rejection, nms, normalize
 from .transport import ipf, optimal_path, sinkhorn
 from .upsample import guide_image, joint_bilateral_upsample
@@ -27,6 +27,7 @@ __all__ = [
     "normalize",
     "optimal_path",
     "refine",
+    "seed_classes",
     "sinkhorn",
     "upsample_maps",
 ]

@@ -83,6 +83,20 @@ def infer_grid(n: int, like: tuple[int, int]) -> tuple[int, int]:
     return best[1]
 
 
+def seed_classes(flat: torch.Tensor, cfg: HeadConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, N)`` patch logits → ``(a (K', N), kept (K',))``: NMS seeds, early rejection of
+    classes, and each kept class's distribution over patches; ``kept`` are its class indices."""
+    masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
+    if not keep.any():
+        # Possible only when θ > 1/K and every patch is ambiguous: seed each patch's arg-max class
+        # instead, so the head always returns a segmentation.
+        keep = flat == flat.amax(dim=0, keepdim=True)
+        masked = flat.masked_fill(~keep, float("-inf"))
+    kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above, cfg.nms_scale)
+    a, _ = normalize(masked[kept], cfg.norm_scale)
+    return a, kept
+
+
 def discrepancy(a: torch.Tensor, affinity: torch.Tensor, mode: str, cfg: HeadConfig) -> torch.Tensor:
     """``(K', N)`` class distributions → ``(K', N)`` discrepancy maps (larger = more of the class)."""
     if mode == "kl":
@@ -169,15 +183,7 @@ def refine(
     if tuple(L.shape[1:]) != tuple(grid):
         L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
 
-    flat = L.reshape(K, N)
-    masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
-    if not keep.any():
-        # Possible only when θ > 1/K and every patch is ambiguous: seed each patch's arg-max class
-        # instead, so the head always returns a segmentation.
-        keep = flat == flat.amax(dim=0, keepdim=True)
-        masked = flat.masked_fill(~keep, float("-inf"))
-    kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above, cfg.nms_scale)
-    a, _ = normalize(masked[kept], cfg.norm_scale)
+    a, kept = seed_classes(L.reshape(K, N), cfg)
     D = discrepancy(a, A, mode, cfg).reshape(len(kept), *grid)
     scores = upsample_maps(D, img, cfg)
     labels = kept[scores.argmax(0)]
