@@ -54,9 +54,10 @@ from _bench import (  # noqa: E402
 )
 from evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed  # noqa: E402
 
+from dslo.cli._args import parse_setting  # noqa: E402
 from dslo.eval.datasets import get_dataset  # noqa: E402
 from dslo.eval.metrics import IoUAccumulator  # noqa: E402
-from dslo.head import HeadConfig, joint_bilateral_upsample, refine  # noqa: E402
+from dslo.head import HeadConfig, joint_bilateral_upsample, refine, seed_classes  # noqa: E402
 
 METHODS = {
     "bilinear": "(a) bilinear",
@@ -126,12 +127,6 @@ class Item:
     num_classes: int
 
 
-def load_items(data_root: Path, dataset: str, limit: int | None) -> tuple[list[Item], Any]:
-    """``limit`` evenly spaced samples of ``dataset`` (all when None), loaded into memory."""
-    ds = get_dataset(dataset, data_root / DATASET_DIRS[dataset])
-    return [_item(ds, i) for i in spaced_subset(len(ds), limit)], ds
-
-
 def _item(ds: Any, i: int) -> Item:
     s = ds[i]
     return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes)
@@ -175,8 +170,8 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
                     accs[(p, m)].update(pred, it.label)
                 if p == "medium":
                     # How much early rejection costs: which present classes reach the discrepancy.
-                    r = refine(L, A, it.image, mode="kl", grid=grid, config=cfg.replace(upsample="bilinear"))
-                    kept = set(r.kept.tolist())
+                    Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+                    kept = set(seed_classes(Lg.reshape(K, -1), cfg)[1].tolist())
                     present = {int(c) for c in np.unique(it.label) if c < K}
                     kept_sizes.append(len(kept))
                     recall_hits += len(kept & present)
@@ -349,9 +344,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sweep-images", type=int, default=60, help="images per dataset for the sweeps")
     ap.add_argument("--sweeps", nargs="*", default=None, help="only these sweeps (setting names, e.g. eps delta)")
     ap.add_argument("--short-side", type=int, default=None, help="focus-s14 input short side (default: the model's)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="head_set",
-                    help="head settings (dslo.head.HeadConfig fields) for every run, e.g. nms_threshold=0.6")
-    ap.add_argument("--evidence-set", nargs="+", default=[], metavar="FIELD=VALUE",
+    ap.add_argument("--set", nargs="+", default=[], type=parse_setting, metavar="FIELD=VALUE", dest="head_set",
+                    help="head settings (dslo.head.HeadConfig fields) for every run, e.g. nms_threshold=0.6; "
+                         "unknown fields fail in HeadConfig.replace")
+    ap.add_argument("--evidence-set", nargs="+", default=[], type=parse_setting, metavar="FIELD=VALUE",
                     help="change evidence.EvidenceConfig fields of every strength, e.g. noise_amp=0.1")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the markdown of a saved JSON")
     ap.add_argument("--seed", type=int, default=0)
@@ -363,26 +359,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def parse_head_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["nms_threshold=0.6", "top_k=null"]`` → ``{"nms_threshold": 0.6, "top_k": None}`` (JSON
-    values; anything that is not JSON is a string). Unknown fields fail in ``.replace``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     EVIDENCE_OVERRIDES.clear()
-    EVIDENCE_OVERRIDES.update(parse_head_settings(args.evidence_set))
-    head = HeadConfig().replace(**parse_head_settings(args.head_set))
+    EVIDENCE_OVERRIDES.update(args.evidence_set)
+    head = HeadConfig().replace(**dict(args.head_set))
     t_start = time.perf_counter()
     n_main = QUICK_IMAGES if args.quick and args.images is None else args.images
     settings = {"short_side": args.short_side} if args.short_side else {}
@@ -410,7 +391,7 @@ def run(args: argparse.Namespace) -> dict:
             "evidence_presets": {k: dataclasses.asdict(v.replace(**EVIDENCE_OVERRIDES)) for k, v in PRESETS.items()},
             "evidence_overrides": dict(EVIDENCE_OVERRIDES),
             "head": dataclasses.asdict(head),
-            "head_overrides": parse_head_settings(args.head_set),
+            "head_overrides": dict(args.head_set),
             "seed": args.seed,
             "images": {ds: len(v) for ds, v in main_items.items()},
             "vocabulary": {ds: len(v) for ds, v in names.items()},
