@@ -53,6 +53,7 @@ from _bench import (  # noqa: E402
     write_json,
 )
 from evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed  # noqa: E402
+from probe import LinearProbeEvidence  # noqa: E402
 
 from dslo.cli._args import parse_setting  # noqa: E402
 from dslo.eval.datasets import get_dataset  # noqa: E402
@@ -125,19 +126,32 @@ class Item:
     image: np.ndarray
     label: np.ndarray
     num_classes: int
+    index: int = -1  # position in the dataset (its parity picks the half: settings are chosen on even)
 
 
 def _item(ds: Any, i: int) -> Item:
     s = ds[i]
-    return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes)
+    return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes, i)
 
 
 EVIDENCE_OVERRIDES: dict[str, Any] = {}  # --evidence-set
+STRENGTHS = [*PRESETS, "probe"]  # the synthetic strengths, then the linear probe (probe.py)
+PROBES: dict[str, LinearProbeEvidence] = {}  # dataset -> its probe evidence (fit lazily)
+
+
+def make_probe(dset: Any, cache: AttentionCache, pool: Sequence[int] | None = None) -> LinearProbeEvidence:
+    """Probe evidence for the images of ``dset`` from ``cache``'s focus-s14 patch features; each
+    half's probe is fit on the other half's images among ``pool`` (default: every image)."""
+    return LinearProbeEvidence(len(dset), dset.num_classes, lambda i: cache.features(dset[i].load_image()),
+                               lambda i: dset[i].load_label(), pool=pool)
 
 
 def evidence_for(item: Item, preset: str, seed: int, cfg: EvidenceConfig | None = None) -> torch.Tensor:
     """The item's ``(K, h, w)`` evidence on the CLIP-B/16 grid; seeded by (seed, dataset, stem,
-    preset) so every run, subset and sweep sees the same evidence for an image."""
+    preset) so every run, subset and sweep sees the same evidence for an image. ``preset="probe"``:
+    the linear probe of the other half of the dataset (:data:`PROBES`)."""
+    if preset == "probe":
+        return PROBES[item.dataset].evidence(item.index)
     cfg = (cfg or PRESETS[preset]).replace(**EVIDENCE_OVERRIDES)
     grid = logits_grid(item.label.shape)
     return make_evidence(item.label, item.num_classes, grid, cfg, stable_seed(seed, item.dataset, item.stem, preset))

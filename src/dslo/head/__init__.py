@@ -4,8 +4,19 @@ Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinit
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
 """
 
-from .refine import MODES, HeadConfig, RefineResult, discrepancy, infer_grid, refine, seed_classes, upsample_maps
-from .seeds import class_confidence, early_rejection, nms, normalize
+from .readout import candidate_classes, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .refine import (
+    MODES,
+    HeadConfig,
+    RefineResult,
+    discrepancy,
+    image_fusion_weight,
+    infer_grid,
+    refine,
+    seed_classes,
+    upsample_maps,
+)
+from .seeds import class_confidence, early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path, sinkhorn
 from .upsample import guide_image, joint_bilateral_upsample
 from .velocity import kl_map, maximum_velocity
@@ -14,18 +25,25 @@ __all__ = [
     "MODES",
     "HeadConfig",
     "RefineResult",
+    "candidate_classes",
     "class_confidence",
     "discrepancy",
     "early_rejection",
+    "evidence_ambiguity",
+    "fuse",
+    "fusion_weight",
     "guide_image",
+    "image_fusion_weight",
     "infer_grid",
     "ipf",
     "joint_bilateral_upsample",
     "kl_map",
     "maximum_velocity",
+    "normalize_maps",
     "nms",
     "normalize",
     "optimal_path",
+    "recover_seeds",
     "refine",
     "seed_classes",
     "sinkhorn",

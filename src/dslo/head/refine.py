@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float, check_finite, check_square
-from .seeds import early_rejection, nms, normalize
+from .readout import candidate_classes, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .seeds import early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path
 from .upsample import guide_image, joint_bilateral_upsample
 from .velocity import kl_map, maximum_velocity
@@ -42,6 +43,17 @@ class HeadConfig:
     sigma_range: float = 0.1
     jbu_radius: int | None = None  # default ceil(3 σ_s)
     jbu_max_side: int | None = None  # JBU at most at this size, then bilinear to the image size
+    # Beyond the paper (SPEC §8, docs/head.md). Label readout: "evidence" fuses the head's maps with
+    # the evidence's class posterior (log P_c + λ·D̂_c); "none" is the paper's argmax_c JBU(D_c).
+    fusion: str = "evidence"
+    fusion_weight: float | None = None  # λ; None: per image, clamp(gain · ambiguity, min, max)
+    fusion_gain: float = 8.0
+    fusion_min: float = 0.0
+    fusion_max: float = 8.0
+    fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
+    # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
+    # with probability >= this (None: off, the paper).
+    recover_threshold: float | None = None
 
     def replace(self, **settings: Any) -> "HeadConfig":
         names = {f.name for f in dataclasses.fields(self)}
@@ -54,12 +66,15 @@ class HeadConfig:
 @dataclass
 class RefineResult:
     """``labels (H, W)`` int64 indices into the K given classes; ``scores (K', H, W)`` the
-    upsampled discrepancy maps of the surviving classes; ``kept (K',)`` their class indices."""
+    upsampled per-class scores (the discrepancy maps with ``fusion="none"``, the fused
+    ``log P + λ·D̂`` otherwise); ``kept (K',)`` the class index of each score row; ``weight`` the
+    fused readout's λ for this image (None without fusion)."""
 
     labels: torch.Tensor
     scores: torch.Tensor
     kept: torch.Tensor
     grid: tuple[int, int] = field(default=(0, 0))
+    weight: float | None = None
 
 
 def infer_grid(n: int, like: tuple[int, int]) -> tuple[int, int]:
@@ -87,6 +102,9 @@ def seed_classes(flat: torch.Tensor, cfg: HeadConfig) -> tuple[torch.Tensor, tor
     """``(K, N)`` patch logits → ``(a (K', N), kept (K',))``: NMS seeds, early rejection of
     classes, and each kept class's distribution over patches; ``kept`` are its class indices."""
     masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
+    if cfg.recover_threshold is not None:
+        keep = recover_seeds(flat, keep, cfg.nms_scale, cfg.recover_threshold)
+        masked = flat.masked_fill(~keep, float("-inf"))
     if not keep.any():
         # Possible only when θ > 1/K and every patch is ambiguous: seed each patch's arg-max class
         # instead, so the head always returns a segmentation.
@@ -183,8 +201,28 @@ def refine(
     if tuple(L.shape[1:]) != tuple(grid):
         L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
 
-    a, kept = seed_classes(L.reshape(K, N), cfg)
-    D = discrepancy(a, A, mode, cfg).reshape(len(kept), *grid)
-    scores = upsample_maps(D, img, cfg)
-    labels = kept[scores.argmax(0)]
-    return RefineResult(labels, scores, kept, tuple(grid))
+    flat = L.reshape(K, N)
+    a, kept = seed_classes(flat, cfg)
+    D = discrepancy(a, A, mode, cfg)
+    if cfg.fusion == "none":
+        scores = upsample_maps(D.reshape(len(kept), *grid), img, cfg)
+        return RefineResult(kept[scores.argmax(0)], scores, kept, tuple(grid))
+    if cfg.fusion != "evidence":
+        raise ValueError(f"fusion must be 'evidence' or 'none', got {cfg.fusion!r}")
+    lam = image_fusion_weight(flat, cfg)
+    cand = candidate_classes(flat, kept, cfg.fusion_extra)
+    size = img.shape[:2]
+    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits"), dim=0)[cand]
+    log_post = F.interpolate(log_post[None], size=size, mode="bilinear", align_corners=False)[0]
+    maps = upsample_maps(normalize_maps(D).reshape(len(kept), *grid), img, cfg)
+    scores = fuse(log_post, maps, torch.searchsorted(cand, kept), lam)
+    return RefineResult(cand[scores.argmax(0)], scores, cand, tuple(grid), lam)
+
+
+def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig) -> float:
+    """λ of the fused readout for one image's ``(K, N)`` evidence: ``cfg.fusion_weight`` when set,
+    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight`."""
+    if cfg.fusion_weight is not None:
+        return float(cfg.fusion_weight)
+    amb = evidence_ambiguity(flat, cfg.nms_scale)
+    return fusion_weight(amb, cfg.fusion_gain, cfg.fusion_min, cfg.fusion_max)
