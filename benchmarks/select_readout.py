@@ -86,6 +86,14 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     return out
 
 
+def _wait_cached(cache: AttentionCache, image: np.ndarray) -> None:
+    from _bench import _image_digest
+
+    path = cache.dir / f"{_image_digest(image)}.feat.npz"
+    while not path.is_file():
+        time.sleep(5)
+
+
 def miou(conf: np.ndarray) -> float:
     inter = np.diag(conf).astype(float)
     union = conf.sum(0) + conf.sum(1) - inter
@@ -100,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strengths", nargs="+", default=STRENGTHS)
     ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/select_readout.pkl"))
+    ap.add_argument("--wait", action="store_true", help="wait for another process to cache each image")
     args = ap.parse_args(argv)
     import pickle
 
@@ -108,19 +117,25 @@ def main(argv=None) -> int:
     cache = AttentionCache("focus-s14", {}, "cpu")
     rec: dict = {}
     t0 = time.perf_counter()
-    for ds in args.datasets:
-        dset = get_dataset(ds, DEFAULT_DATA_ROOT / DATASET_DIRS[ds])
-        idx = spaced_subset(len(dset), args.images)
-        probe = make_probe(dset, cache, pool=idx) if "probe" in args.strengths else None
-        for i in idx:
-            it = _item(dset, i)
-            A, grid = cache.get(it.image)
-            for s in args.strengths:
-                L = probe.evidence(i) if s == "probe" else evidence_for(it, s, 0)
-                rec[(ds, i, s)] = record_image(it, L, A, grid, cfg)
-            print(f"{ds} {i} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-            with open(args.out, "wb") as f:
-                pickle.dump(rec, f)
+    dsets = {ds: get_dataset(ds, DEFAULT_DATA_ROOT / DATASET_DIRS[ds]) for ds in args.datasets}
+    idx = {ds: spaced_subset(len(d), args.images) for ds, d in dsets.items()}
+    synthetic = [s for s in args.strengths if s != "probe"]
+    # synthetic strengths first, image by image; the probe last (each fold needs its whole half)
+    jobs = [(ds, i, synthetic) for ds in dsets for i in idx[ds]]
+    if "probe" in args.strengths:
+        jobs += [(ds, i, ["probe"]) for ds in dsets for i in idx[ds]]
+    probes = {ds: make_probe(d, cache, pool=idx[ds]) for ds, d in dsets.items()}
+    for ds, i, strengths in jobs:
+        if args.wait:
+            _wait_cached(cache, dsets[ds][i].load_image())
+        it = _item(dsets[ds], i)
+        A, grid = cache.get(it.image)
+        for s in strengths:
+            L = probes[ds].evidence(i) if s == "probe" else evidence_for(it, s, 0)
+            rec[(ds, i, s)] = record_image(it, L, A, grid, cfg)
+        print(f"{ds} {i} {strengths} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        with open(args.out, "wb") as f:
+            pickle.dump(rec, f)
     return 0
 
 

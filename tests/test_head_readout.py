@@ -169,16 +169,14 @@ def test_fused_readout_recovers_a_thin_class_the_paper_readout_drops():
     # A one-patch-wide column of class 1 whose evidence is the arg-max but never above θ = 0.5 of the
     # class softmax: the paper's readout cannot predict it; the fused readout with recovery seeds
     # keeps it (without them its D̂ = 0 against the others' D̂ > 0 there).
-    h, w = 6, 9
+    h, w = 6, 10
     L = torch.full((3, h, w), 0.15)
     L[0, :, :4] = 0.30
-    L[2, :, 5:] = 0.30
-    L[1, :, 4] = 0.22
-    L[0, :, 4] = 0.215
-    L[2, :, 4] = 0.215
+    L[2, :, 6:] = 0.30
+    L[:, :, 4:6] = torch.tensor([0.215, 0.23, 0.215])[:, None, None]  # class 1 ahead by 0.6 nats: P = 0.48
     img = np.zeros((h * 4, w * 4, 3), np.uint8)
     A = row_stochastic(h * w)
     paper = refine(L, A, img, fusion="none")
     assert not (paper.labels == 1).any()
     fused = refine(L, A, img, recover_threshold=0.25)
-    assert 1 in fused.kept.tolist() and (fused.labels[:, 17:19] == 1).all()
+    assert 1 in fused.kept.tolist() and (fused.labels[:, 18:22] == 1).all()
