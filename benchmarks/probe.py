@@ -94,6 +94,9 @@ class LinearProbeEvidence:
                 f, grid = self._features(i)
                 feats.append(f)
                 targets.append(torch.from_numpy(patch_fractions(self._label(i), self.K, grid)).reshape(self.K, -1))
+            if not feats:
+                raise ValueError(f"no image with index parity {parity} to fit the probe on; a probe run needs "
+                                 "images of both parities (e.g. --images 4 or more)")
             self._predict[parity] = fit_probe(feats, targets, self.K, self.cfg)
         return self._predict[parity]
 

@@ -64,9 +64,14 @@ METHODS = {
     "bilinear": "(a) bilinear",
     "jbu": "(b) + JBU",
     "kl": "(c) KL",
+    "op_paper": "(d0) O.P., paper readout",
+    "mv_paper": "(e0) M.V., paper readout",
     "op": "(d) O.P.",
     "mv": "(e) M.V.",
 }
+HALVES = ("all", "even", "odd")  # even image indices: where settings were chosen; odd: held out
+THIN = {"camvid": ["pole", "sign symbol", "pedestrian", "bicyclist"]}  # per-class IoU reported
+PAPER_READOUT = {"op_paper": "op", "mv_paper": "mv"}  # fusion="none": the SPEC §4 label argmax_c JBU(D_c)
 ATTENTION = "focus-s14"
 QUICK_IMAGES = 10
 
@@ -112,6 +117,9 @@ def predict(method: str, logits: torch.Tensor, A: torch.Tensor, grid: tuple[int,
         return jbu_baseline(logits, grid, image, cfg, jbu_source, jbu_values).numpy()
     if method in ("kl", "op", "mv"):
         return refine(logits, A, image, mode=method, grid=grid, config=cfg).labels.numpy()
+    if method in PAPER_READOUT:
+        paper = cfg.replace(fusion="none")
+        return refine(logits, A, image, mode=PAPER_READOUT[method], grid=grid, config=paper).labels.numpy()
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
 
 
@@ -169,19 +177,23 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
              methods: Sequence[str], cache: AttentionCache, seed: int, cfg: HeadConfig | None = None) -> dict:
     cfg = cfg or HeadConfig()
     results: dict = {}
+    halves: dict = {}
     diag: dict = {}
     for ds, items in items_by_ds.items():
         K = len(class_names[ds])
-        accs = {(p, m): IoUAccumulator(K, class_names=class_names[ds]) for p in presets for m in methods}
+        accs = {(p, m, h): IoUAccumulator(K, class_names=class_names[ds])
+                for p in presets for m in methods for h in HALVES}
         kept_sizes, recall_hits, recall_total = [], 0, 0
         t0 = time.perf_counter()
         for n, it in enumerate(items, 1):
             A, grid = cache.get(it.image)
+            half = "even" if it.index % 2 == 0 else "odd"
             for p in presets:
                 L = evidence_for(it, p, seed)
                 for m in methods:
                     pred = predict(m, L, A, grid, it.image, cfg)
-                    accs[(p, m)].update(pred, it.label)
+                    accs[(p, m, "all")].update(pred, it.label)
+                    accs[(p, m, half)].update(pred, it.label)
                 if p == "medium":
                     # How much early rejection costs: which present classes reach the discrepancy.
                     Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
@@ -193,11 +205,13 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
             if n % 10 == 0 or n == len(items):
                 log(f"[main] {ds}: {n}/{len(items)} images, {time.perf_counter() - t0:.0f}s "
                     f"(attention cache {cache.hits} hits / {cache.misses} computed)")
-        results[ds] = {p: {m: _summary(accs[(p, m)]) for m in methods} for p in presets}
+        results[ds] = {p: {m: _summary(accs[(p, m, "all")]) for m in methods} for p in presets}
+        for h in HALVES[1:]:
+            halves.setdefault(h, {})[ds] = {p: {m: _summary(accs[(p, m, h)]) for m in methods} for p in presets}
         if kept_sizes:
             diag[ds] = {"mean_classes_kept": float(np.mean(kept_sizes)),
                         "present_class_recall_after_nms_and_rejection": recall_hits / max(1, recall_total)}
-    return {"results": results, "early_rejection": diag}
+    return {"results": results, "halves": halves, "early_rejection": diag}
 
 
 def _summary(acc: IoUAccumulator) -> dict:
@@ -284,11 +298,32 @@ def run_sweeps(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[s
 # Reporting
 
 
-def main_table(main: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
-    cols = [(ds, p) for ds in main["results"] for p in presets]
-    header = ["method"] + [f"{_ds_title(ds)} {p}" for ds, p in cols]
-    rows = [[METHODS[m]] + [main["results"][ds][p][m]["miou"] for ds, p in cols] for m in methods]
+def main_table(main: dict, presets: Sequence[str], methods: Sequence[str], half: str = "all") -> str:
+    res = main["results"] if half == "all" else main["halves"][half]
+    cols = [(ds, p) for ds in res for p in presets]
+    header = ["method"] + [f"{_ds_title(ds)} {p}" for ds, p in cols] + ["mean"]
+    rows = []
+    for m in methods:
+        vals = [res[ds][p][m]["miou"] for ds, p in cols]
+        rows.append([METHODS[m]] + vals + [float(np.nanmean(vals))])
     return markdown_table(header, rows)
+
+
+def thin_table(main: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
+    """Per-class IoU of the thin and small classes (:data:`THIN`), all images."""
+    parts = []
+    for ds, names in THIN.items():
+        if ds not in main["results"]:
+            continue
+        cols = [(p, c) for p in presets for c in names]
+        header = ["method"] + [f"{p} {c}" for p, c in cols]
+        rows = [[METHODS[m]] + [_iou(main["results"][ds][p][m], c) for p, c in cols] for m in methods]
+        parts.append(f"{_ds_title(ds)}, per-class IoU (%)\n\n" + markdown_table(header, rows))
+    return "\n\n".join(parts)
+
+
+def _iou(summary: dict, name: str) -> float:
+    return float(summary["per_class"].get(name, float("nan")))
 
 
 def sweep_tables(sweeps: dict) -> str:
@@ -347,8 +382,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder holding camvid/ and coco_object/")
     ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS), choices=list(DATASET_DIRS))
-    ap.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
-                    help="evidence strengths (default: all three; --quick: medium)")
+    ap.add_argument("--presets", nargs="+", default=None, choices=STRENGTHS,
+                    help="evidence strengths (default: all four; --quick: medium); probe needs the "
+                         "features of every image of the run (cached with the affinities)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--images", type=int, default=None, help="images per dataset (evenly spaced; default all)")
     ap.add_argument("--quick", action="store_true",
@@ -394,6 +430,8 @@ def run(args: argparse.Namespace) -> dict:
         sweep_idx = spaced_subset(len(dset), args.sweep_images) if (args.sweep or args.sweep_only) else []
         loaded = {i: _item(dset, i) for i in sorted(set(main_idx) | set(sweep_idx))}
         main_items[ds] = [loaded[i] for i in main_idx]
+        # the probe of each half is fit on the other half of this run's images
+        PROBES[ds] = make_probe(dset, cache, pool=main_idx or sweep_idx)
         sweep_items[ds] = [loaded[i] for i in sweep_idx]
 
     report: dict = {
@@ -440,6 +478,13 @@ def render(report: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
         imgs = ", ".join(f"{_ds_title(d)} {n}" for d, n in report["meta"]["images"].items())
         parts.append(f"mIoU (%), evidence strength × dataset; images: {imgs}\n\n"
                      + main_table(report["main"], presets, methods))
+        for h, what in (("even", "even image indices (where the settings were chosen)"),
+                        ("odd", "odd image indices (held out)")):
+            if report["main"].get("halves", {}).get(h):
+                parts.append(f"mIoU (%), {what}\n\n" + main_table(report["main"], presets, methods, h))
+        thin = thin_table(report["main"], presets, methods)
+        if thin:
+            parts.append(thin)
         er = report["main"].get("early_rejection", {})
         if er:
             parts.append("Early rejection (medium evidence): " + "; ".join(
@@ -457,7 +502,7 @@ def render(report: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.presets is None:
-        args.presets = ["medium"] if args.quick else list(PRESETS)
+        args.presets = ["medium"] if args.quick else list(STRENGTHS)
     if args.render:
         report = json.loads(args.render.read_text())
         if "sweeps" in report:

@@ -15,7 +15,6 @@ Results: docs/benchmarks.md ("Choosing the readout").
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -41,10 +40,27 @@ from dslo.head import (  # noqa: E402
     seed_classes,
 )
 
-LAMBDAS = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 1e6]  # 1e6: the head alone (ties to L)
-RECOVER = [None, 0.25]
-MODES = ["mv", "op"]
+LAMBDAS = [0.0, 2.0, 4.0, 8.0, 1e6]  # fixed λ; 1e6: the head alone (ties to log P)
+GAINS = [4.0, 8.0, 12.0, 16.0, 24.0, 32.0]  # rule λ = gain · ambiguity, evaluated exactly per image
+RECOVER = 0.25  # recovery threshold of the "rec" variants
 STRENGTHS = ["easy", "medium", "hard", "probe"]
+
+
+def fused_argmax(U1: torch.Tensor, U2: torch.Tensor, lam: float) -> torch.Tensor:
+    """``argmax_c (U1 + lam·U2)`` over dim 0 by a running maximum over classes (first index on
+    ties, as ``argmax``); ``lam >= 1e5`` ranks by ``U2`` first. Several times faster than
+    ``Tensor.argmax(0)`` on a ``(K, H, W)`` CPU tensor, which is most of this script's time."""
+    def score(k):
+        return U2[k] + U1[k] / lam if lam >= 1e5 else U1[k] + lam * U2[k]
+
+    best = score(0)
+    idx = torch.zeros(best.shape, dtype=torch.int64)
+    for k in range(1, U1.shape[0]):
+        s = score(k)
+        m = s > best
+        best = torch.where(m, s, best)
+        idx.masked_fill_(m, k)
+    return idx
 
 
 def confusion(pred: np.ndarray, label: np.ndarray, K: int) -> np.ndarray:
@@ -66,23 +82,32 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
         F.interpolate(L[None], size=it.label.shape, mode="bilinear", align_corners=False)[0].argmax(0).numpy(),
         it.label, K)
     out["conf"]["jbu"] = confusion(jbu_baseline(L, grid, it.image, cfg).numpy(), it.label, K)
-    for mode, rec in itertools.product(MODES, RECOVER):
-        c = cfg.replace(recover_threshold=rec)
-        a, kept = seed_classes(flat, c)
-        D = discrepancy(a, A, mode, c)
-        cand = candidate_classes(flat, kept, c.fusion_extra)
-        U1 = F.interpolate(torch.log_softmax(cfg.nms_scale * L, 0)[cand][None], size=it.label.shape,
-                           mode="bilinear", align_corners=False)[0]
+    # One head run per mode on the union of the classes kept with and without recovery seeds: the
+    # discrepancy of a class depends only on its own seeds, so every variant reads its rows from it.
+    a0, kept0 = seed_classes(flat, cfg)
+    a1, kept1 = seed_classes(flat, cfg.replace(recover_threshold=RECOVER))
+    union = torch.cat([kept0, kept1]).unique(sorted=True)
+    a = torch.zeros(len(union), N)
+    a[torch.searchsorted(union, kept1)] = a1
+    a[torch.searchsorted(union, kept0)] = a0  # identical rows where both have the class
+    amb = out["stats"]["ambiguity"]
+    for mode in ("mv", "op"):
+        D = discrepancy(a, A, mode, cfg)
         Dup = joint_bilateral_upsample(normalize_maps(D).reshape(-1, *grid), it.image, cfg.sigma_spatial,
                                        cfg.sigma_range, cfg.jbu_radius)
-        U2 = torch.zeros_like(U1)
-        U2[torch.searchsorted(cand, kept)] = Dup
-        inkept = torch.isin(cand, kept)
-        pure = U2.masked_fill(~inkept[:, None, None], float("-inf")).argmax(0)
-        out["conf"][(mode, rec, "pure")] = confusion(cand[pure].numpy(), it.label, K)
-        for lam in LAMBDAS:
-            S = U2 + U1 / lam if lam >= 1e5 else U1 + lam * U2
-            out["conf"][(mode, rec, lam)] = confusion(cand[S.argmax(0)].numpy(), it.label, K)
+        r0 = torch.searchsorted(union, kept0)
+        out["conf"][(mode, "paper")] = confusion(kept0[fused_argmax(Dup[r0], Dup[r0], 0.0)].numpy(), it.label, K)
+        for tag, kept in (("norec", kept0), ("rec", kept1)):
+            cand = candidate_classes(flat, kept, cfg.fusion_extra)
+            U1 = F.interpolate(torch.log_softmax(cfg.nms_scale * L, 0)[cand][None], size=it.label.shape,
+                               mode="bilinear", align_corners=False)[0]
+            U2 = torch.zeros_like(U1)
+            U2[torch.searchsorted(cand, kept)] = Dup[torch.searchsorted(union, kept)]
+            for lam in LAMBDAS:
+                out["conf"][(mode, tag, lam)] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
+            for g in GAINS:
+                out["conf"][(mode, tag, "gain", g)] = confusion(cand[fused_argmax(U1, U2, g * amb)].numpy(),
+                                                                it.label, K)
     return out
 
 
@@ -102,15 +127,88 @@ def miou(conf: np.ndarray) -> float:
     return float(100 * np.mean(inter[ok] / np.maximum(union[ok], 1)))
 
 
+# ------------------------------------------------------------------------------------------------
+# Choosing on the even half, reporting both
+
+
+def variants(rec: dict) -> list:
+    """Every recorded variant key (baselines, paper readouts, fixed λ, λ rules)."""
+    return list(next(iter(rec.values()))["conf"])
+
+
+def cell_miou(rec: dict, ds: str, strength: str, key, half: str | None) -> float:
+    """mIoU of one variant over one dataset × strength, on the even / odd half or all (None)."""
+    tot = None
+    for (d, i, s), r in rec.items():
+        if d != ds or s != strength or (half == "even" and i % 2) or (half == "odd" and not i % 2):
+            continue
+        c = r["conf"][key]
+        tot = c.copy() if tot is None else tot + c
+    return float("nan") if tot is None else miou(tot)
+
+
+def table(rec: dict, keys: list, half: str | None) -> tuple[list, dict]:
+    cells = sorted({(d, s) for d, _, s in rec}, key=lambda c: (c[0], STRENGTHS.index(c[1])))
+    return cells, {k: [cell_miou(rec, d, s, k, half) for d, s in cells] for k in keys}
+
+
+def choose(rec: dict) -> dict:
+    """On the even half: for each mode and recovery choice, the rule gain with the best mean mIoU
+    over the cells among those that are >= max(bilinear, JBU) - 0.5 in every cell (else the best
+    mean)."""
+    cells, t = table(rec, variants(rec), "even")
+    base = np.maximum(np.array(t["bilinear"]), np.array(t["jbu"]))
+    out = {}
+    for mode in ("mv", "op"):
+        scored = []
+        for k in variants(rec):
+            if isinstance(k, tuple) and k[0] == mode and k[1] in ("rec", "norec"):
+                v = np.array(t[k])
+                ok = bool(np.all(v >= base - 0.5))
+                scored.append((ok, float(np.nanmean(v)), k))
+        scored.sort(key=lambda x: (x[0], x[1]), reverse=True)
+        out[mode] = scored[:8]
+    return out
+
+
+def report(rec: dict) -> str:
+    lines = []
+    keys = ["bilinear", "jbu"] + [k for k in variants(rec) if isinstance(k, tuple)]
+    for half in ("even", "odd", None):
+        cells, t = table(rec, keys, half)
+        n = {ds: len({i for d, i, _ in rec if d == ds and (half is None or (i % 2 == 0) == (half == "even"))})
+             for ds in {c[0] for c in cells}}
+        lines.append(f"\n## {half or 'all'} images {n}\n")
+        lines.append("| variant | " + " | ".join(f"{d} {s}" for d, s in cells) + " | mean |")
+        lines.append("|---" * (len(cells) + 2) + "|")
+        for k in keys:
+            v = t[k]
+            lines.append(f"| {k} | " + " | ".join(f"{x:.1f}" for x in v) + f" | {np.nanmean(v):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--strengths", nargs="+", default=STRENGTHS)
     ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/select_readout.pkl"))
+    ap.add_argument("--stride", type=int, default=1, help="every stride-th image of the spaced subset")
     ap.add_argument("--wait", action="store_true", help="wait for another process to cache each image")
+    ap.add_argument("--load", type=Path, nargs="+", default=None, help="only choose and report from saved records")
     args = ap.parse_args(argv)
     import pickle
+
+    if args.load:
+        rec = {}
+        for path in args.load:
+            rec.update(pickle.loads(path.read_bytes()))
+        print(report(rec))
+        for mode, best in choose(rec).items():
+            print(f"\n{mode}: best on the even half (ok = within 0.5 of max(bilinear, JBU) in every cell)")
+            for ok, mean, k in best:
+                print(f"  {k}: mean {mean:.2f}, ok={ok}")
+        return 0
 
     torch.set_num_threads(1)
     cfg = HeadConfig()
@@ -118,12 +216,13 @@ def main(argv=None) -> int:
     rec: dict = {}
     t0 = time.perf_counter()
     dsets = {ds: get_dataset(ds, DEFAULT_DATA_ROOT / DATASET_DIRS[ds]) for ds in args.datasets}
-    idx = {ds: spaced_subset(len(d), args.images) for ds, d in dsets.items()}
+    idx = {ds: spaced_subset(len(d), args.images)[:: args.stride] for ds, d in dsets.items()}
     synthetic = [s for s in args.strengths if s != "probe"]
     # synthetic strengths first, image by image; the probe last (each fold needs its whole half)
-    jobs = [(ds, i, synthetic) for ds in dsets for i in idx[ds]]
+    n = max(len(v) for v in idx.values())
+    jobs = [(ds, idx[ds][j], synthetic) for j in range(n) for ds in dsets if j < len(idx[ds])]
     if "probe" in args.strengths:
-        jobs += [(ds, i, ["probe"]) for ds in dsets for i in idx[ds]]
+        jobs += [(ds, idx[ds][j], ["probe"]) for j in range(n) for ds in dsets if j < len(idx[ds])]
     probes = {ds: make_probe(d, cache, pool=idx[ds]) for ds, d in dsets.items()}
     for ds, i, strengths in jobs:
         if args.wait:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dslo.head import (
     HeadConfig,
     candidate_classes,
+    class_argmax,
     discrepancy,
     evidence_ambiguity,
     fuse,
@@ -180,3 +181,12 @@ def test_fused_readout_recovers_a_thin_class_the_paper_readout_drops():
     assert not (paper.labels == 1).any()
     fused = refine(L, A, img, recover_threshold=0.25)
     assert 1 in fused.kept.tolist() and (fused.labels[:, 18:22] == 1).all()
+
+
+def test_class_argmax_equals_torch_argmax_including_ties():
+    g = torch.Generator().manual_seed(5)
+    S = torch.randint(0, 3, (6, 7, 9), generator=g).float()  # many ties: the first index wins
+    assert torch.equal(class_argmax(S), S.argmax(0))
+    S = torch.randn(4, 33, generator=g, dtype=torch.float64)
+    assert torch.equal(class_argmax(S), S.argmax(0))
+    assert torch.equal(class_argmax(S[:1]), torch.zeros(33, dtype=torch.int64))

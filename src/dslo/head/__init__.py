@@ -4,7 +4,7 @@ Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinit
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
 """
 
-from .readout import candidate_classes, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .readout import candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
 from .refine import (
     MODES,
     HeadConfig,
@@ -26,6 +26,7 @@ __all__ = [
     "HeadConfig",
     "RefineResult",
     "candidate_classes",
+    "class_argmax",
     "class_confidence",
     "discrepancy",
     "early_rejection",

@@ -74,6 +74,19 @@ def fuse(log_post: torch.Tensor, maps: torch.Tensor, rows: torch.Tensor, weight:
     return out
 
 
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over dim 0 of ``(K, ...)`` scores (the first class on ties, like
+    ``Tensor.argmax``), by a running maximum over classes: on CPU ``argmax(0)`` of a
+    ``(21, 448, 448)`` tensor reduces across a strided dimension and took 73 ms here, this 30 ms."""
+    best = scores[0]
+    idx = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        best = torch.where(better, scores[k], best)
+        idx.masked_fill_(better, k)
+    return idx
+
+
 def candidate_classes(flat_logits: torch.Tensor, kept: torch.Tensor, limit: int | None = None) -> torch.Tensor:
     """Classes the fused readout scores: the head's ``kept`` classes plus every class that is the
     evidence's arg-max at one patch or more (a class that never tops a patch cannot win a pixel of

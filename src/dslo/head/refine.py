@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float, check_finite, check_square
-from .readout import candidate_classes, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .readout import candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path
 from .upsample import guide_image, joint_bilateral_upsample
@@ -206,7 +206,7 @@ def refine(
     D = discrepancy(a, A, mode, cfg)
     if cfg.fusion == "none":
         scores = upsample_maps(D.reshape(len(kept), *grid), img, cfg)
-        return RefineResult(kept[scores.argmax(0)], scores, kept, tuple(grid))
+        return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
     if cfg.fusion != "evidence":
         raise ValueError(f"fusion must be 'evidence' or 'none', got {cfg.fusion!r}")
     lam = image_fusion_weight(flat, cfg)
@@ -216,7 +216,7 @@ def refine(
     log_post = F.interpolate(log_post[None], size=size, mode="bilinear", align_corners=False)[0]
     maps = upsample_maps(normalize_maps(D).reshape(len(kept), *grid), img, cfg)
     scores = fuse(log_post, maps, torch.searchsorted(cand, kept), lam)
-    return RefineResult(cand[scores.argmax(0)], scores, cand, tuple(grid), lam)
+    return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
 
 
 def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig) -> float:
