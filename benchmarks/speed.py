@@ -66,7 +66,7 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
                 cfg: Any) -> dict[str, Callable[..., Any]]:
     """The head of ``dslo.head.refine`` split into its stages, each a closure over the previous
     stage's output (so each can be timed alone). Returns the stage callables in order."""
-    from dslo.head import ipf, maximum_velocity, optimal_path, seed_classes, upsample_maps
+    from dslo.head import ipf, maximum_velocity, optimal_path, read_out, seed_classes
     from dslo.head.upsample import guide_image
 
     state: dict[str, Any] = {}
@@ -75,8 +75,9 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
         L = logits.float()
         if tuple(L.shape[1:]) != tuple(grid):
             L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
-        a, kept = seed_classes(L.reshape(L.shape[0], -1), cfg)
-        state.update(a=a, kept=kept)
+        flat = L.reshape(L.shape[0], -1)
+        a, kept = seed_classes(flat, cfg)
+        state.update(a=a, kept=kept, flat=flat)
         return a
 
     def ipf_stage():
@@ -91,10 +92,10 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
         state["D"] = D
         return D
 
-    def jbu():
+    def jbu():  # the readout: JBU of the maps (and, by default, the fusion with the evidence)
         img = guide_image(image, device=logits.device)
-        scores = upsample_maps(state["D"].reshape(-1, *grid), img, cfg)
-        state["labels"] = state["kept"][scores.argmax(0)]
+        res = read_out(logits.float(), state["flat"], state["D"], state["kept"], tuple(grid), img, cfg)
+        state["labels"], state["rows"] = res.labels, res.kept
         return state["labels"]
 
     return {"seeds": seeds, "ipf": ipf_stage, "discrepancy": discrepancy, "jbu": jbu, "_state": state}

@@ -210,7 +210,7 @@ def test_speed_head_stages_reproduce_refine(mode):
         st[name]()
     ref = refine(L, A, image, mode=mode, grid=(h, w), config=cfg)
     assert torch.equal(st["_state"]["labels"], ref.labels)
-    assert torch.equal(st["_state"]["kept"], ref.kept)
+    assert torch.equal(st["_state"]["rows"], ref.kept)
 
 
 def test_mv_steps_reads_the_latest_arrival():

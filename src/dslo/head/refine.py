@@ -204,18 +204,32 @@ def refine(
     flat = L.reshape(K, N)
     a, kept = seed_classes(flat, cfg)
     D = discrepancy(a, A, mode, cfg)
+    return read_out(logits, flat, D, kept, tuple(grid), img, cfg)
+
+
+def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept: torch.Tensor,
+             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig) -> RefineResult:
+    """The readout stage of :func:`refine`: discrepancy maps → upsampled scores → labels.
+
+    Args:
+        logits: ``(K, h, w)`` the evidence as given (its own grid; the fused readout upsamples its
+            log-posterior from there, as plain upsampling does).
+        flat: ``(K, N)`` the evidence on the head's grid ``grid``.
+        maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``.
+        image: ``(H, W, 3)`` float guide (:func:`dslo.head.guide_image`).
+    Returns: :class:`RefineResult`.
+    """
     if cfg.fusion == "none":
-        scores = upsample_maps(D.reshape(len(kept), *grid), img, cfg)
+        scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
         return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
     if cfg.fusion != "evidence":
         raise ValueError(f"fusion must be 'evidence' or 'none', got {cfg.fusion!r}")
     lam = image_fusion_weight(flat, cfg)
     cand = candidate_classes(flat, kept, cfg.fusion_extra)
-    size = img.shape[:2]
-    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits"), dim=0)[cand]
-    log_post = F.interpolate(log_post[None], size=size, mode="bilinear", align_corners=False)[0]
-    maps = upsample_maps(normalize_maps(D).reshape(len(kept), *grid), img, cfg)
-    scores = fuse(log_post, maps, torch.searchsorted(cand, kept), lam)
+    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)[cand]
+    log_post = F.interpolate(log_post[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+    up = upsample_maps(normalize_maps(maps).reshape(len(kept), *grid), image, cfg)
+    scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam)
     return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
 
 
