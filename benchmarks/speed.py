@@ -94,7 +94,7 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
 
     def jbu():  # the readout: JBU of the maps (and, by default, the fusion with the evidence)
         img = guide_image(image, device=logits.device)
-        res = read_out(logits.float(), state["flat"], state["D"], state["kept"], tuple(grid), img, cfg)
+        res = read_out(logits.float(), state["flat"], state["D"], state["kept"], tuple(grid), img, cfg, mode)
         state["labels"], state["rows"] = res.labels, res.kept
         return state["labels"]
 

@@ -25,6 +25,7 @@ from dslo.head import (
     seed_classes,
     upsample_maps,
 )
+from dslo.head.readout import FUSION_GAIN
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -69,7 +70,7 @@ def test_refine_fused_equals_the_pipeline_written_out():
     flat = L.reshape(4, -1)
     a, kept = seed_classes(flat, cfg)
     D = discrepancy(a, A, "mv", cfg)
-    lam = min(cfg.fusion_max, max(cfg.fusion_min, cfg.fusion_gain * evidence_ambiguity(flat)))
+    lam = min(cfg.fusion_max, max(cfg.fusion_min, FUSION_GAIN["mv"] * evidence_ambiguity(flat)))
     cand = candidate_classes(flat, kept, cfg.fusion_extra)
     up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
     up_d = upsample_maps(normalize_maps(D).reshape(-1, 5, 6), torch.from_numpy(img).float() / 255, cfg)

@@ -171,8 +171,12 @@ def _miou(pred, gt, k=3):
 def test_head_recovers_regions_where_raw_argmax_fails():
     image, gt, logits, A = _synthetic_scene()
     raw = _miou(refine(logits, A, image, mode="none").labels.numpy(), gt)
-    mv = _miou(refine(logits, A, image, mode="mv").labels.numpy(), gt)
-    op = _miou(refine(logits, A, image, mode="op").labels.numpy(), gt)
     assert raw < 0.8, raw
-    assert mv >= 0.9, (mv, raw)
-    assert op >= 0.9, (op, raw)
+    for mode in ("mv", "op"):
+        # the paper's readout: the head alone decides
+        paper = _miou(refine(logits, A, image, mode=mode, fusion="none").labels.numpy(), gt)
+        assert paper >= 0.9, (mode, paper, raw)
+        # the default fused readout keeps part of the evidence (λ from its ambiguity, 0.17 here:
+        # this noise is spatially correlated, so the evidence looks confident where it is wrong)
+        fused = _miou(refine(logits, A, image, mode=mode).labels.numpy(), gt)
+        assert fused > raw + 0.05, (mode, fused, raw)

@@ -25,6 +25,10 @@ from ._checks import as_float, check_finite
 
 _TINY = 1e-30
 
+# Gain of the per-image λ rule for each discrepancy, chosen on the even-index half of the real
+# CamVid and COCO-Object images (benchmarks/select_readout.py; docs/benchmarks.md §1b).
+FUSION_GAIN = {"mv": 8.0, "op": 8.0, "kl": 8.0}
+
 
 def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
     """Share of the image's patches whose evidence is ambiguous: ``1 − mean_i max_c P[c, i]`` with

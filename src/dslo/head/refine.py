@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float, check_finite, check_square
-from .readout import candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .readout import FUSION_GAIN, candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path
 from .upsample import guide_image, joint_bilateral_upsample
@@ -47,9 +47,9 @@ class HeadConfig:
     # the evidence's class posterior (log P_c + λ·D̂_c); "none" is the paper's argmax_c JBU(D_c).
     fusion: str = "evidence"
     fusion_weight: float | None = None  # λ; None: per image, clamp(gain · ambiguity, min, max)
-    fusion_gain: float = 8.0
+    fusion_gain: float | None = None  # None: the mode's gain chosen on real images (readout.FUSION_GAIN)
     fusion_min: float = 0.0
-    fusion_max: float = 8.0
+    fusion_max: float = 64.0  # a bound only: gain · ambiguity < gain
     fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
     # with probability >= this (None: off, the paper).
@@ -204,11 +204,11 @@ def refine(
     flat = L.reshape(K, N)
     a, kept = seed_classes(flat, cfg)
     D = discrepancy(a, A, mode, cfg)
-    return read_out(logits, flat, D, kept, tuple(grid), img, cfg)
+    return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode)
 
 
 def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept: torch.Tensor,
-             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig) -> RefineResult:
+             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> RefineResult:
     """The readout stage of :func:`refine`: discrepancy maps → upsampled scores → labels.
 
     Args:
@@ -217,6 +217,7 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept:
         flat: ``(K, N)`` the evidence on the head's grid ``grid``.
         maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``.
         image: ``(H, W, 3)`` float guide (:func:`dslo.head.guide_image`).
+        mode: the discrepancy that made ``maps`` (picks the default fusion gain).
     Returns: :class:`RefineResult`.
     """
     if cfg.fusion == "none":
@@ -224,7 +225,7 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept:
         return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
     if cfg.fusion != "evidence":
         raise ValueError(f"fusion must be 'evidence' or 'none', got {cfg.fusion!r}")
-    lam = image_fusion_weight(flat, cfg)
+    lam = image_fusion_weight(flat, cfg, mode)
     cand = candidate_classes(flat, kept, cfg.fusion_extra)
     log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)[cand]
     log_post = F.interpolate(log_post[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
@@ -233,10 +234,12 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept:
     return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
 
 
-def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig) -> float:
+def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float:
     """λ of the fused readout for one image's ``(K, N)`` evidence: ``cfg.fusion_weight`` when set,
-    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight`."""
+    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight` with ``cfg.fusion_gain``
+    (default: the gain chosen for ``mode``, :data:`dslo.head.readout.FUSION_GAIN`)."""
     if cfg.fusion_weight is not None:
         return float(cfg.fusion_weight)
+    gain = cfg.fusion_gain if cfg.fusion_gain is not None else FUSION_GAIN.get(mode, FUSION_GAIN["mv"])
     amb = evidence_ambiguity(flat, cfg.nms_scale)
-    return fusion_weight(amb, cfg.fusion_gain, cfg.fusion_min, cfg.fusion_max)
+    return fusion_weight(amb, gain, cfg.fusion_min, cfg.fusion_max)
