@@ -71,7 +71,8 @@ METHODS = {
 }
 HALVES = ("all", "even", "odd")  # even image indices: where settings were chosen; odd: held out
 THIN = {"camvid": ["pole", "sign symbol", "pedestrian", "bicyclist"]}  # per-class IoU reported
-PAPER_READOUT = {"op_paper": "op", "mv_paper": "mv"}  # fusion="none": the SPEC §4 label argmax_c JBU(D_c)
+# fusion="none", recover_threshold=None: the SPEC §4 head (label argmax_c JBU(D_c), NMS seeds only)
+PAPER_READOUT = {"op_paper": "op", "mv_paper": "mv"}
 ATTENTION = "focus-s14"
 QUICK_IMAGES = 10
 
@@ -118,7 +119,7 @@ def predict(method: str, logits: torch.Tensor, A: torch.Tensor, grid: tuple[int,
     if method in ("kl", "op", "mv"):
         return refine(logits, A, image, mode=method, grid=grid, config=cfg).labels.numpy()
     if method in PAPER_READOUT:
-        paper = cfg.replace(fusion="none")
+        paper = cfg.replace(fusion="none", recover_threshold=None)
         return refine(logits, A, image, mode=PAPER_READOUT[method], grid=grid, config=paper).labels.numpy()
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
 

@@ -84,7 +84,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     out["conf"]["jbu"] = confusion(jbu_baseline(L, grid, it.image, cfg).numpy(), it.label, K)
     # One head run per mode on the union of the classes kept with and without recovery seeds: the
     # discrepancy of a class depends only on its own seeds, so every variant reads its rows from it.
-    a0, kept0 = seed_classes(flat, cfg)
+    a0, kept0 = seed_classes(flat, cfg.replace(recover_threshold=None))
     a1, kept1 = seed_classes(flat, cfg.replace(recover_threshold=RECOVER))
     union = torch.cat([kept0, kept1]).unique(sorted=True)
     a = torch.zeros(len(union), N)
@@ -155,14 +155,16 @@ def table(rec: dict, keys: list, half: str | None) -> tuple[list, dict]:
 def choose(rec: dict) -> dict:
     """On the even half, per mode: the fused variant with the best worst-cell margin over the
     issue's per-cell target ``max(bilinear, JBU, paper-readout M.V. − 0.5)`` ("never lose"); ties
-    (within 0.05) broken by the mean over the cells. Returns the ranked candidates per mode."""
+    (within 0.05) broken by the mean over the cells. Only the per-image rules ``λ = gain ·
+    ambiguity`` compete (the fixed λ are recorded for comparison). Returns the ranked candidates."""
     cells, t = table(rec, variants(rec), "even")
     target = np.maximum.reduce([np.array(t["bilinear"]), np.array(t["jbu"]), np.array(t[("mv", "paper")]) - 0.5])
     out = {}
     for mode in ("mv", "op"):
         scored = []
         for k in variants(rec):
-            if isinstance(k, tuple) and k[0] == mode and k[1] in ("rec", "norec"):
+            # only per-image rules compete: a fixed λ is recorded for reference, not chosen
+            if isinstance(k, tuple) and k[0] == mode and k[1] in ("rec", "norec") and k[2] == "gain":
                 v = np.array(t[k])
                 scored.append((round(float(np.nanmin(v - target)) / 0.05) * 0.05, float(np.nanmean(v)), k))
         scored.sort(key=lambda x: (x[0], x[1]), reverse=True)

@@ -53,7 +53,7 @@ class HeadConfig:
     fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
     # with probability >= this (None: off, the paper).
-    recover_threshold: float | None = None
+    recover_threshold: float | None = 0.25
 
     def replace(self, **settings: Any) -> "HeadConfig":
         names = {f.name for f in dataclasses.fields(self)}
