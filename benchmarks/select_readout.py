@@ -164,7 +164,9 @@ def choose(rec: dict) -> dict:
         scored = []
         for k in variants(rec):
             # only per-image rules compete: a fixed λ is recorded for reference, not chosen
-            if isinstance(k, tuple) and k[0] == mode and k[1] in ("rec", "norec") and k[2] == "gain":
+            # one recovery setting serves both modes (HeadConfig.recover_threshold): the "rec"
+            # rules compete; "norec" is recorded for comparison
+            if isinstance(k, tuple) and k[0] == mode and k[1] == "rec" and k[2] == "gain":
                 v = np.array(t[k])
                 scored.append((round(float(np.nanmin(v - target)) / 0.05) * 0.05, float(np.nanmean(v)), k))
         scored.sort(key=lambda x: (x[0], x[1]), reverse=True)

@@ -178,7 +178,7 @@ def test_fused_readout_recovers_a_thin_class_the_paper_readout_drops():
     L[:, :, 4:6] = torch.tensor([0.215, 0.23, 0.215])[:, None, None]  # class 1 ahead by 0.6 nats: P = 0.48
     img = np.zeros((h * 4, w * 4, 3), np.uint8)
     A = row_stochastic(h * w)
-    paper = refine(L, A, img, fusion="none")
+    paper = refine(L, A, img, fusion="none", recover_threshold=None)
     assert not (paper.labels == 1).any()
     fused = refine(L, A, img, recover_threshold=0.25)
     assert 1 in fused.kept.tolist() and (fused.labels[:, 18:22] == 1).all()

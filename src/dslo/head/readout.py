@@ -27,7 +27,7 @@ _TINY = 1e-30
 
 # Gain of the per-image λ rule for each discrepancy, chosen on the even-index half of the real
 # CamVid and COCO-Object images (benchmarks/select_readout.py; docs/benchmarks.md §1b).
-FUSION_GAIN = {"mv": 8.0, "op": 8.0, "kl": 8.0}
+FUSION_GAIN = {"mv": 8.0, "op": 4.0, "kl": 8.0}
 
 
 def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
