@@ -140,13 +140,26 @@ def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class 
     return out
 
 
+_CLASS_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".names", ".lst", ".list", ".text", ".classes")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a classes string is meant as a file path: one item (no comma) that ends in a
+    text-file suffix or starts like a path (``/``, ``./``, ``../``, ``~/``)."""
+    t = text.strip()
+    if not t or "," in t or "\n" in t:
+        return False
+    return t.lower().endswith(_CLASS_FILE_SUFFIXES) or t.startswith(("/", "./", "../", "~/", "~\\", ".\\"))
+
+
 def normalize_classes(classes: ClassesLike) -> list[list[str]]:
     """Any accepted class form → ``K`` synonym lists (see the module docstring)."""
     if isinstance(classes, os.PathLike):
         return read_classes_file(classes)
     if isinstance(classes, str):
-        if classes.strip().lower().endswith(".txt") and os.path.isfile(classes.strip()):
-            return read_classes_file(classes.strip())
+        if looks_like_path(classes):
+            # A mistyped file name must not become one class named after the file.
+            return read_classes_file(os.path.expanduser(classes.strip()))
         return parse_class_string(classes)
     if isinstance(classes, (bytes, bytearray)):
         raise TypeError("classes must be text, not bytes")

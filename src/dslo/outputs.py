@@ -65,9 +65,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str = "PNG") -> Path:
+def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str = "PNG",
+                      text: dict[str, str] | None = None) -> Path:
+    """Save ``image`` atomically; ``text``: PNG text chunks (e.g. what produced the image)."""
     # The format is explicit because the temporary file's suffix says nothing about it.
-    return atomic_write(path, lambda f: image.save(f, format=format))
+    kw = {}
+    if text and format.upper() == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            info.add_itxt(k, v)  # iTXt: UTF-8, so non-ASCII class names survive
+        kw["pnginfo"] = info
+    return atomic_write(path, lambda f: image.save(f, format=format, **kw))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path:
@@ -152,16 +162,44 @@ def mask_image(labels: np.ndarray, num_classes: int, background_index: int | Non
 
 
 def save_mask(path: str | os.PathLike, labels: np.ndarray, num_classes: int,
-              background_index: int | None = None) -> Path:
-    """Save ``(H, W)`` class ids as a PNG (index = class id), atomically."""
-    return atomic_save_image(path, mask_image(labels, num_classes, background_index))
+              background_index: int | None = None, text: dict[str, str] | None = None) -> Path:
+    """Save ``(H, W)`` class ids as a PNG (index = class id), atomically (``text``: PNG text chunks)."""
+    return atomic_save_image(path, mask_image(labels, num_classes, background_index), text=text)
 
 
 # ---------------------------------------------------------------------------------------------
 # Overlay with legend
 
 
+# Legend fonts, best first: wide-coverage system fonts (CJK, then general Unicode), then the
+# DejaVu Sans shipped with dslo (Latin, Greek, Cyrillic, ...). Pillow's built-in default covers
+# ASCII only and draws every other character as a box. $DSLO_FONT names another TrueType file.
+_SYSTEM_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/arialuni.ttf",
+    "C:/Windows/Fonts/seguisym.ttf",
+)
+SHIPPED_FONT = Path(__file__).resolve().parent / "fonts" / "DejaVuSans.ttf"
+
+
+def font_candidates() -> list[Path]:
+    """TrueType files to try for the legend, in order."""
+    env = os.environ.get("DSLO_FONT")
+    return [Path(p) for p in ((env,) if env else ()) + _SYSTEM_FONTS] + [SHIPPED_FONT]
+
+
 def _font(size: int) -> ImageFont.ImageFont:
+    for path in font_candidates():
+        if path.is_file():
+            try:
+                return ImageFont.truetype(str(path), size=size)
+            except (OSError, ImportError):  # unreadable font file, or Pillow without FreeType
+                continue
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
     except (TypeError, OSError, ImportError):

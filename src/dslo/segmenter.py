@@ -388,10 +388,25 @@ class Segmenter:
             class_names=names,
             classes=[list(c) for c in all_classes],
             background=policy.describe(),
-            model=self.settings(policy) | {"input_size": [int(small.shape[0]), int(small.shape[1])]},
+            model=self.settings(policy) | _input_record(small.shape[:2]),
             image=rgb,
             image_name=image_name,
         )
+
+
+def _input_record(small_hw: tuple[int, int]) -> dict:
+    """What the models saw: ``input_size`` (after ``max_side``) and whether the image was
+    processed at reduced resolution because its aspect ratio exceeds what bounds the patch count."""
+    from dslo.models.common import MAX_ASPECT, input_is_reduced
+
+    h, w = int(small_hw[0]), int(small_hw[1])
+    rec: dict = {"input_size": [h, w], "reduced_resolution": input_is_reduced((h, w))}
+    if rec["reduced_resolution"]:
+        rec["reduced_resolution_reason"] = (
+            f"aspect ratio {max(h, w) / min(h, w):.1f}:1 exceeds {MAX_ASPECT}:1; the models' inputs "
+            f"were capped at {MAX_ASPECT}x their short side to bound memory, so the short side got "
+            "fewer pixels than the model's short_side")
+    return rec
 
 
 def _resolve_preset(name_or_preset: str | os.PathLike) -> tuple[str, dict, dict]:

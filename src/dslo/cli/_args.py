@@ -21,3 +21,24 @@ def parse_setting(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key, value
+
+
+def quiet_libraries() -> None:
+    """Silence the progress bars that transformers / huggingface_hub draw while loading models
+    (``--quiet`` means no bars at all)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
