@@ -28,7 +28,7 @@ from dslo.models.common import (
     pixel_tensor,
 )
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import WeightsNotFoundError, check_model_folder, locate, resolve_dtype, weights_error
 
 __all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "normalize_classes"]
 
@@ -248,12 +248,26 @@ class ClipAttentionSource:
 CLIP_SETTINGS = tuple(f.name for f in fields(ClipSettings))
 
 
+def _check_tokenizer(name: str, src: str, tokenizer: Any) -> None:
+    """A tokenizer that maps different words to the same ids makes every class alike (meaningless
+    masks, no error): refuse it."""
+    probe = ["cat", "road"]  # one word each: an unknown-token fallback gives both the same ids
+    ids = [list(tokenizer(t)["input_ids"]) for t in probe]
+    if ids[0] == ids[1]:
+        raise WeightsNotFoundError(
+            f"the tokenizer of {name!r} ({src}) encodes different class names identically; the "
+            "checkpoint's tokenizer files (tokenizer.json, or vocab.json + merges.txt) are missing "
+            "or broken. Copy the whole checkpoint folder again"
+        )
+
+
 def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any) -> ClipLogitsModel:
     """Load a transformers-format CLIP checkpoint (Hub id or local directory) as a logits model."""
     check_settings(f"logits model '{name}'", overrides, CLIP_SETTINGS)
     settings = ClipSettings(**overrides)
     dtype = resolve_dtype(settings.dtype, device)
     src, local_only = locate(name, source, offline_alternative=False)
+    check_model_folder(name, src, tokenizer=True)
     from transformers import AutoTokenizer, CLIPModel
 
     try:
@@ -262,6 +276,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
                             offline_alternative=False) from exc
+    _check_tokenizer(name, src, tokenizer)
     pre = _read_json(src, "preprocessor_config.json", local_only) or {}
     model = model.to(device)
     return ClipLogitsModel(model, tokenizer, name=name, settings=settings,

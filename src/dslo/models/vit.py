@@ -24,7 +24,7 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import check_model_folder, locate, resolve_dtype, weights_error
 
 __all__ = ["VitAttentionSettings", "VitAttentionSource", "load_vit_attention", "VIT_SETTINGS"]
 
@@ -192,6 +192,7 @@ def load_vit_attention(name: str, source: str, *, family: str, device: torch.dev
     settings = VitAttentionSettings(**overrides)
     dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)
     src, local_only = locate(name, source)
+    check_model_folder(name, src)
     from transformers import AutoConfig, AutoModel
 
     try:

@@ -7,6 +7,7 @@ reachability probe, so an offline machine fails in about a second instead of wai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -215,3 +216,68 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *,
         raise ValueError(f"dtype {dtype} is only supported on an accelerator; "
                          "on the CPU use dtype='float32' (or 'auto')")
     return dtype
+
+
+# ------------------------------------------------------------------------------------------------
+# Local model folders: complete before we load them
+
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # either set is a CLIP tokenizer
+
+
+def _weights_problems(folder: Path) -> list[str]:
+    """What is missing or broken among a transformers folder's weight files."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"{index.name} (unreadable: {exc})"]
+        return [p for s in shards for p in _safetensors_problems(folder / s)]
+    st = folder / "model.safetensors"
+    if st.is_file():
+        return _safetensors_problems(st)
+    if (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
+        return []
+    return ["model.safetensors (or pytorch_model.bin)"]
+
+
+def _safetensors_problems(path: Path) -> list[str]:
+    """A safetensors file whose size disagrees with its header is truncated (or not one)."""
+    import struct
+
+    if not path.is_file():
+        return [f"{path.name} (missing)"]
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        return [f"{path.name} (not a readable safetensors file: {exc})"]
+    if 8 + n + end != size:
+        return [f"{path.name} (truncated: {size} bytes, its header describes {8 + n + end})"]
+    return []
+
+
+def check_model_folder(name: str, folder: str | Path, *, tokenizer: bool = False) -> None:
+    """Refuse an incomplete local checkpoint folder before loading it, listing every missing or
+    broken file (a copied folder often lacks the tokenizer or has a truncated weight file).
+
+    ``tokenizer``: the folder must also hold a CLIP tokenizer (``tokenizer.json``, or
+    ``vocab.json`` + ``merges.txt``); without one every class name would encode alike."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # a Hub id: the hub client checks what it downloads
+    problems = [] if (folder / "config.json").is_file() else ["config.json"]
+    problems += _weights_problems(folder)
+    if tokenizer and not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
+        problems.append("tokenizer.json (or vocab.json + merges.txt)")
+    if problems:
+        raise WeightsNotFoundError(
+            f"the model folder {folder} for {name!r} is incomplete: {'; '.join(problems)}. Copy the "
+            "whole checkpoint folder again (e.g. `hf download <org>/<name> --local-dir DIR` on a "
+            "connected machine)"
+        )
