@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
                    default=[], metavar="KEY=VALUE",
                    help="an attention-model setting (repeatable), e.g. --attention-option resolution=768")
-    p.add_argument("--class-file", metavar="FILE", help="class names replacing the shipped file")
+    p.add_argument("--class-file", "--classes-file", dest="class_file", metavar="FILE",
+                   help="class names replacing the shipped file")
     p.add_argument("--background-threshold", type=_positive_float, metavar="P",
                    help="VOC21/Context60/COCO-Object: instead of the background class, send pixels "
                         "whose max CLIP class probability is below P to background")

@@ -223,6 +223,17 @@ def is_done(image: InputImage, out_dir: Path, kinds: Iterable[str]) -> bool:
     return all(image.output(out_dir, k).is_file() for k in kinds)
 
 
+# Ranges of the head settings (open interval "(", closed "["), checked before any model loads.
+HEAD_RANGES: dict[str, tuple] = {
+    "nms_scale": ("(", 0, None), "nms_threshold": ("(", 0, 1), "norm_scale": ("(", 0, None),
+    "top_k": ("[", 1, None), "top_k_above": ("[", 0, None), "ipf_iters": ("[", 0, None),
+    "eps": ("(", 0, None), "sinkhorn_iters": ("[", 1, None), "delta": ("(", 0, None),
+    "max_steps": ("[", 1, None), "sigma_spatial": ("(", 0, None), "sigma_range": ("(", 0, None),
+    "jbu_radius": ("[", 0, None), "jbu_max_side": ("[", 16, None),
+    "op_cost": ("ipf", "attention"), "readout": ("cost", "dual"), "upsample": ("jbu", "bilinear"),
+}
+
+
 def check_settings(args: argparse.Namespace, logits: str | None, attention: str | None) -> dict:
     """Type- and range-check ``--set`` and the model options before any model loads; returns the
     head's effective settings (defaults filled in)."""
@@ -231,10 +242,21 @@ def check_settings(args: argparse.Namespace, logits: str | None, attention: str 
     from dslo.head import HeadConfig
     from dslo.models.options import check_model_options
 
-    try:
-        head = dataclasses.asdict(HeadConfig(**dict(args.settings)))
-    except TypeError as exc:
-        raise ValueError(f"--set: {exc}") from exc
+    settings = dict(args.settings)
+    fields = {f.name: f.default for f in dataclasses.fields(HeadConfig)}
+    bad = [k for k in settings if k not in fields and k != "mode"]
+    if bad:
+        import difflib
+
+        close = difflib.get_close_matches(bad[0], list(fields), n=1)
+        raise ValueError(f"--set: unknown head setting {bad[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                         + f" Head settings: {', '.join(fields)}")
+    settings.pop("mode", None)
+    from dslo.models.options import check_value
+
+    for k, v in settings.items():
+        check_value("head", k, v, fields[k], HEAD_RANGES.get(k))
+    head = dataclasses.asdict(HeadConfig(**settings))
     check_model_options("logits", logits, dict(getattr(args, "logits_options", None) or {}))
     check_model_options("attention", attention, dict(args.attention_options or {}))
     return head
@@ -294,6 +316,17 @@ def register(subparsers) -> None:
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
     add_common_args(p)
     p.set_defaults(func=run)
+
+
+def _with_offline_hint(exc: RuntimeError, args: argparse.Namespace) -> RuntimeError:
+    """A preset's weights missing: also name the way to run with no download at all."""
+    from dslo.models import WeightsNotFoundError
+
+    if not isinstance(exc, WeightsNotFoundError) or args.model == "offline":
+        return exc
+    hint = ("  - or run with no download: `--model offline --logits DIR` (DIR: any local CLIP folder; "
+            "the offline preset's focus-s14 attention ships with dslo); `dslo models` lists what is here")
+    return WeightsNotFoundError(f"{exc}\n{hint}")
 
 
 def _release_memory() -> None:
@@ -360,8 +393,11 @@ def run(args: argparse.Namespace) -> int:
             overrides["logits_options"] = dict(args.logits_options)
         if args.attention_options:
             overrides["attention_options"] = dict(args.attention_options)
-        seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                               max_side=args.max_side, background=background, **overrides)
+        try:
+            seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
+                                   max_side=args.max_side, background=background, **overrides)
+        except RuntimeError as exc:
+            raise _with_offline_hint(exc, args) from exc
         from tqdm.auto import tqdm
 
         from dslo.cli._plan import remove_files

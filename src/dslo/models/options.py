@@ -53,6 +53,26 @@ def _settings_class(family: str):
     return None, {}
 
 
+def check_value(what: str, key: str, value: Any, default: Any, allowed: tuple | None = None) -> None:
+    """One setting against its default's type and an optional range: ``("(", lo, hi)`` an open
+    interval (``None``: unbounded), ``("[", lo, hi)`` a closed one, or a tuple of allowed words."""
+    _check_type(what, key, value, default)
+    if allowed is None or value is None:
+        return
+    if allowed[0] in ("(", "["):
+        kind, lo, hi = allowed
+        closed = kind == "["
+        ok = ((lo is None or (value >= lo if closed else value > lo))
+              and (hi is None or (value <= hi if closed else value < hi)))
+        if not ok or value != value:  # NaN fails every comparison
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            raise ValueError(f"{what} setting {key}={value!r} is out of range: it must lie in "
+                             f"{kind}{lo_s}, {hi_s}{']' if closed else ')'}")
+    elif value not in allowed:
+        raise ValueError(f"{what} setting {key}={value!r}: use one of {', '.join(map(str, allowed))}")
+
+
 def _check_type(what: str, key: str, value: Any, default: Any) -> None:
     """A value must have its default's type (an int where a float is expected is fine)."""
     if default is None or value is None:
