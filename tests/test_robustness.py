@@ -24,7 +24,9 @@ from dslo.cli import main
 from test_cli import _save, fake_models  # noqa: F401 - fake_models is a fixture
 from test_segmenter import ColourAffinity, ColourLogits, _picture
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import dslo
+
+SRC = Path(dslo.__file__).resolve().parents[1]  # the dslo under test, for subprocesses
 
 
 def _focus_available() -> bool:
@@ -529,6 +531,8 @@ def _random_image(rng) -> object:
     dtypes = [np.uint8, np.uint16, np.float32, np.float64, np.int32, np.bool_, np.int8]
     ndim = int(rng.integers(1, 5))
     shape = tuple(int(rng.integers(0, 40)) for _ in range(ndim))
+    if rng.random() < 0.1:
+        return rng.bytes(int(rng.integers(0, 64)))  # raw bytes are not an image form
     dt = dtypes[int(rng.integers(0, len(dtypes)))]
     arr = (rng.random(shape) * (1.0 if dt in (np.float32, np.float64) and rng.random() < 0.7 else 300)).astype(dt)
     if rng.random() < 0.2:

@@ -157,6 +157,15 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    from dslo.cli.segment import check_settings
+    from dslo.segmenter import PRESETS
+
+    preset = PRESETS.get(args.model, {})  # every setting checked before any model loads
+    check_settings(args, args.logits or preset.get("logits") or "clip-b16", args.attention or preset.get("attention"))
+    if args.quiet:
+        from dslo.cli._args import quiet_libraries
+
+        quiet_libraries()
     _SEGMENTERS.clear()
     try:
         return _run(args)

@@ -117,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
             f"{args.logits_file} has {logits.shape[0]} class maps but {len(classes)} classes were "
             "given; pass the classes in the order of the logits"
         )
-    args.logits_options = []
     head = check_settings(args, None, args.attention)
     to_rgb_array(args.image)  # a missing or broken image fails now, not after the model loads
     request = {
