@@ -41,12 +41,12 @@ def check_output_names(outputs: Mapping[object, Sequence[Path]], inputs: Iterabl
     owner: dict[Path, object] = {}
     for image, paths in outputs.items():
         for p in paths:
-            key = Path(os.path.normcase(os.path.abspath(p)))
+            key = Path(os.path.normcase(os.path.realpath(p)))
             if key in owner and owner[key] != image:
                 errors.append(f"{image}: its output {p} would overwrite an output of {owner[key]}")
             owner.setdefault(key, image)
     for src in inputs:
-        key = Path(os.path.normcase(os.path.abspath(src)))
+        key = Path(os.path.normcase(os.path.realpath(src)))
         if key in owner:
             errors.append(f"{owner[key]}: its output {key} would overwrite the input image {src}; "
                           "choose an --output folder other than the images' folder")
