@@ -140,6 +140,15 @@ def test_proxy_attention_is_masked_row_softmax():
     torch.testing.assert_close(a, ref / ref.sum(1, keepdim=True))
 
 
+def test_proxy_attention_never_masks_a_whole_row():
+    """Near-identical features (mean similarity above 1/β) would mask every key, NaN in the
+    published code; the diagonal is kept instead."""
+    z = torch.ones(6, 4) + 1e-3 * torch.arange(24.0).reshape(6, 4)
+    a = proxy_attention(z)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a.sum(1), torch.ones(6))
+
+
 def test_position_interpolation_modes():
     torch.manual_seed(0)
     pos = torch.randn(1 + 16, 8)

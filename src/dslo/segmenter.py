@@ -365,7 +365,12 @@ class Segmenter:
             names = [BACKGROUND_NAME] + names
         all_classes = ([[BACKGROUND_NAME]] + user) if policy.kind == "threshold" else head_classes
 
-        affinity, grid = self.attention_model.affinity(small)
+        if self.attention_model is None:  # mode "none" built without one: the head ignores the affinity
+            if self.mode != "none":
+                raise RuntimeError(f"mode {self.mode!r} needs an attention model; this segmenter has none")
+            affinity, grid = torch.ones(1, 1), tuple(logits.shape[1:])
+        else:
+            affinity, grid = self.attention_model.affinity(small)
         res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), **self.head_settings)
 
         kept = torch.as_tensor(res.kept, dtype=torch.int64).cpu()
@@ -470,19 +475,26 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
         # CLIP's own attention: reuse the logits model (one tower in memory, one forward shared)
         # instead of loading a second CLIP.
         attention_options["clip"] = logits_model
-    attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
-                                             **model_kw, **attention_options)
+    mode = overrides.get("mode") or preset["mode"]
+    if mode == "none" and not attention_options:
+        attention_model = None  # the logits alone: no attention is computed, none is loaded
+    else:
+        attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
+                                                 **model_kw, **attention_options)
+        if getattr(logits_model, "settings", None) is not None and \
+                getattr(logits_model.settings, "proxy", None) == os.fspath(attention_name):
+            logits_model.proxy_source = attention_model  # proxyclip's proxy is the attention source: load it once
     info = {
         "preset": preset_name,
         "logits": os.fspath(logits_name),
-        "attention": os.fspath(attention_name),
+        "attention": os.fspath(attention_name) if attention_model is not None else None,
         "device": str(dev),
         "dtype": overrides.get("dtype") or "auto",
     }
     return Segmenter(
         logits_model,
         attention_model,
-        mode=overrides.get("mode") or preset["mode"],
+        mode=mode,
         head_settings=head_settings,
         max_side=overrides.get("max_side", DEFAULT_MAX_SIDE),
         background=overrides.get("background"),

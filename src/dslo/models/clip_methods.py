@@ -175,12 +175,16 @@ def gaussian_window(grid: tuple[int, int], std: float, *, device=None, dtype=tor
 def proxy_attention(proxy: torch.Tensor, beta: float = 1.2, gamma: float = 3.0) -> torch.Tensor:
     """ProxyCLIP's proxy attention ``(M, M)`` from proxy features ``(M, D')``:
     ``S = ẑ ẑᵀ`` (cosine), ``S' = γ (S − β mean(S))`` with the mean over all M² entries,
-    ``S' < 0 → −∞``, row softmax. Float32."""
+    ``S' < 0 → −∞`` (never on the diagonal, see below), row softmax. Float32."""
     z = F.normalize(proxy.float(), dim=-1)
     s = z @ z.T
     s = (s - s.mean() * beta) * gamma
-    s = s.masked_fill(s < 0, float("-inf"))  # the diagonal (≈ γ(1 − β·mean)) keeps every row finite
-    return torch.softmax(s, dim=-1)
+    # The diagonal is γ(1 − β·mean S); when mean S > 1/β (near-uniform features, e.g. a flat
+    # image) it is negative too, every key of every row is masked and the published code returns
+    # NaN. Never masking the diagonal changes nothing otherwise and attends to itself there.
+    mask = s < 0
+    mask.fill_diagonal_(False)
+    return torch.softmax(s.masked_fill(mask, float("-inf")), dim=-1)
 
 
 def resize_values(v: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "create_attention_model",
     "weights_available",
     "describe_model",
+    "logits_method",
     "SD2_DEFAULT_MODEL",
 ]
 
@@ -40,12 +41,28 @@ class Entry:
     family: str  # clip | sd2 | dinov2 | dino | clip-attention | focus
     source: str | None  # Hub id (None: not a Hub model)
     note: str
+    settings: dict = field(default_factory=dict)  # the model's settings this key implies (user overrides win)
+
+
+_B16, _L14 = "openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14"
 
 
 LOGITS: dict[str, Entry] = {
     "clip-b16": Entry("clip", "openai/clip-vit-base-patch16", "CLIP ViT-B/16 (paper default)"),
     "clip-l14": Entry("clip", "openai/clip-vit-large-patch14", "CLIP ViT-L/14"),
     "clip-l14-336": Entry("clip", "openai/clip-vit-large-patch14-336", "CLIP ViT-L/14 trained at 336 px"),
+    # Other training-free methods on the same CLIP weights (docs/methods.md): a key fixes `method`;
+    # L/14 keys where the method's paper or configs define one.
+    "naclip-b16": Entry("clip", _B16, "NACLIP (WACV 2025) on CLIP B/16", {"method": "naclip"}),
+    "naclip-l14": Entry("clip", _L14, "NACLIP (WACV 2025) on CLIP L/14", {"method": "naclip"}),
+    "sclip-b16": Entry("clip", _B16, "SCLIP (ECCV 2024) on CLIP B/16", {"method": "sclip"}),
+    "clearclip-b16": Entry("clip", _B16, "ClearCLIP (ECCV 2024) on CLIP B/16", {"method": "clearclip"}),
+    "clearclip-l14": Entry("clip", _L14, "ClearCLIP (ECCV 2024) on CLIP L/14", {"method": "clearclip"}),
+    "maskclip-b16": Entry("clip", _B16, "MaskCLIP (ECCV 2022) on CLIP B/16", {"method": "maskclip"}),
+    "proxyclip-b16": Entry("clip", _B16, "ProxyCLIP (ECCV 2024) on CLIP B/16, DINO B/8 proxy",
+                           {"method": "proxyclip", "proxy": "dino-b8"}),
+    "proxyclip-l14": Entry("clip", _L14, "ProxyCLIP (ECCV 2024) on CLIP L/14, DINO B/8 proxy",
+                           {"method": "proxyclip", "proxy": "dino-b8"}),
 }
 
 ATTENTION: dict[str, Entry] = {
@@ -72,6 +89,15 @@ def describe_model(name: str) -> str:
         raise KeyError(f"unknown model {name!r}; registry keys: {list_models()}")
     src = entry.source or (sd2_model_id() if entry.family == "sd2" else "-")
     return f"{name}: {entry.note} [{src}]"
+
+
+def logits_method(name: str | os.PathLike | None, options: dict | None = None) -> str:
+    """The CLIP method a logits model will run: ``options['method']``, else the registry key's,
+    else ``dslo``."""
+    if options and options.get("method"):
+        return str(options["method"])
+    entry = LOGITS.get(os.fspath(name)) if name is not None else None
+    return str(entry.settings.get("method", "dslo")) if entry else "dslo"
 
 
 def sd2_model_id(model_id: str | None = None) -> str:
@@ -129,7 +155,7 @@ def create_logits_model(name: str | os.PathLike, device: str | torch.device = "a
     name = os.fspath(name)
     dev = resolve_device(device)
     if name in LOGITS:
-        return load_clip(name, LOGITS[name].source, device=dev, **overrides)
+        return load_clip(name, LOGITS[name].source, device=dev, **{**LOGITS[name].settings, **overrides})
     if name in ATTENTION:
         raise ValueError(f"{name!r} is an attention source, not a logits model; logits models: {list(LOGITS)}")
     _check_not_a_typo(name, "logits")
