@@ -169,3 +169,33 @@ def test_logits_of_every_method_are_cosines(tiny_clip):
             continue  # needs a proxy model; covered above
         lg = base.with_settings(method=method).logits(img, ["road", "sky"])
         assert lg.shape == (2, *base.grid_for(img.shape[:2])) and lg.abs().max() <= 1 + 1e-5
+
+
+@needs_camvid
+@pytest.mark.slow
+def test_pamr_post_process_in_the_segmenter_and_eval(tmp_path, tiny_clip):
+    """`post=pamr` refines the score maps the argmax reads; `dslo eval --set post=pamr` records it."""
+    from PIL import Image
+
+    from dslo import create_segmenter
+    from dslo.head.pamr import pamr
+
+    img = np.asarray(Image.open(sorted((CAMVID / "test").glob("*.png"))[0]).convert("RGB"))[:120, :160].copy()
+    seg = create_segmenter("offline", logits=str(tiny_clip), mode="none", post="pamr", device="cpu",
+                           logits_options={"method": "naclip", "short_side": 64})
+    assert seg.attention_model is None and seg.settings()["post"] == "pamr"
+    res = seg.predict(img, ["road", "sky", "car"])
+    logits = seg.logits_model.logits(img, [["road"], ["sky"], ["car"]])
+    up = F.interpolate(logits[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0]
+    ref = pamr(torch.as_tensor(img).permute(2, 0, 1).float() / 255.0, up)
+    torch.testing.assert_close(res.scores, ref)
+    assert np.array_equal(res.labels, ref.argmax(0).numpy())
+    with pytest.raises(ValueError, match="post="):
+        create_segmenter("offline", logits=str(tiny_clip), mode="none", post="crf", device="cpu")
+
+    out = tmp_path / "pamr"
+    assert cli_main(_eval(out, tiny_clip, "--mode", "none", "--set", "post=pamr",
+                          "--logits-option", "method=naclip")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"]["model_settings"]["post"] == "pamr"
+    assert report["protocol"]["method"]["this_run"]["pamr"] is True

@@ -85,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Settings of the segmenter itself; every other override must be a field of dslo.head.HeadConfig.
 _OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background",
-                 "logits_options", "attention_options")
+                 "logits_options", "attention_options", "post")
 
 
 def list_presets() -> dict[str, dict]:
@@ -258,7 +258,7 @@ class Segmenter:
 
     def __init__(self, logits_model, attention_model, *, mode: str = "mv",
                  head_settings: dict | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-                 background: object = None, info: dict | None = None) -> None:
+                 background: object = None, info: dict | None = None, post: str | None = None) -> None:
         if mode not in ("mv", "op", "kl", "none"):
             raise ValueError(
                 f"unknown mode {mode!r}; use mv (maximum velocity) or op (optimal path) "
@@ -273,6 +273,10 @@ class Segmenter:
         self.max_side = max_side
         self.background = parse_background(background)
         self.info = dict(info or {})
+        if post not in (None, "none", "pamr"):
+            raise ValueError(f"post={post!r}; use 'none' or 'pamr' (pixel-adaptive mask refinement, "
+                             "10 steps, dilations 8 and 16, as NACLIP's published numbers)")
+        self.post = None if post in (None, "none") else post
 
     def __repr__(self) -> str:
         return (f"Segmenter(preset={self.info.get('preset')!r}, logits={self.info.get('logits')!r}, "
@@ -293,6 +297,7 @@ class Segmenter:
             "head": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                      for k, v in head.items()},
             "max_side": self.max_side,
+            "post": self.post or "none",
             "background": (background or self.background).describe(),
             "dslo_version": __version__,
         })
@@ -372,13 +377,20 @@ class Segmenter:
         else:
             affinity, grid = self.attention_model.affinity(small)
         res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), **self.head_settings)
+        scores, labels_small = res.scores, res.labels
+        if self.post == "pamr":  # the peers' optional post-process, on the maps the argmax reads
+            from dslo.head.pamr import pamr
+
+            guide = torch.as_tensor(small, device=scores.device).permute(2, 0, 1).float() / 255.0
+            scores = pamr(guide, scores)
+            labels_small = torch.as_tensor(res.kept, device=scores.device)[scores.argmax(0)]
 
         kept = torch.as_tensor(res.kept, dtype=torch.int64).cpu()
         H, W = rgb.shape[:2]
         if small.shape[:2] == (H, W):
-            labels = torch.as_tensor(res.labels).to("cpu", torch.int64)
+            labels = torch.as_tensor(labels_small).to("cpu", torch.int64)
         else:
-            labels = kept[upsample_argmax(res.scores, (H, W)).cpu()]
+            labels = kept[upsample_argmax(scores, (H, W)).cpu()]
         shift = 1 if policy.kind == "threshold" else 0
         labels = labels + shift
         if policy.kind == "threshold":
@@ -388,7 +400,7 @@ class Segmenter:
             labels[conf < policy.threshold] = 0
         return SegmentationResult(
             labels=labels.numpy().astype(np.int64, copy=False),
-            scores=res.scores.detach(),
+            scores=scores.detach(),
             score_class_ids=(kept + shift).numpy(),
             class_names=names,
             classes=[list(c) for c in all_classes],
@@ -437,7 +449,8 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
     Overrides: ``logits`` / ``attention`` (registry name or local folder, replacing the preset's),
     ``mode`` ("mv" | "op"), ``max_side`` (int or None), ``dtype`` (passed to both models),
     ``background`` (the default policy of :meth:`Segmenter.predict`), ``logits_options`` /
-    ``attention_options`` (dicts of model overrides) and any field of ``dslo.head.HeadConfig``.
+    ``attention_options`` (dicts of model overrides), ``post`` ("none" | "pamr": PAMR on the
+    score maps before the argmax) and any field of ``dslo.head.HeadConfig``.
     Missing weights raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
     """
     from dslo.models import create_attention_model, create_logits_model, weights_available
@@ -499,4 +512,5 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
         max_side=overrides.get("max_side", DEFAULT_MAX_SIDE),
         background=overrides.get("background"),
         info=info,
+        post=overrides.get("post"),
     )

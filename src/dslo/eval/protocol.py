@@ -105,6 +105,7 @@ def eval_request(
         "metric": METRIC,
     }
     if peer is not None:
+        peer["this_run"]["pamr"] = (overrides or {}).get("post") == "pamr"
         request["method"] = peer
     return request
 

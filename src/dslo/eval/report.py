@@ -63,7 +63,8 @@ def _method_text(rec: dict[str, Any] | None) -> str:
         pub = f"its published numbers used {' and '.join(used)}"
     else:
         pub = "its published protocol is whole-image"
-    return f" · method {rec.get('method')} ({pub}; this run: whole image, no PAMR)"
+    here = "PAMR" if (rec.get("this_run") or {}).get("pamr") else "no PAMR"
+    return f" · method {rec.get('method')} ({pub}; this run: whole image, {here})"
 
 
 def report_markdown(report: dict[str, Any]) -> str:
