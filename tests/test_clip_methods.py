@@ -186,6 +186,11 @@ def test_method_settings_contract(tmp_path):
 
 
 def test_method_protocol_records():
+    from dslo.eval.datasets import BENCHMARKS
+    from dslo.models.clip_methods import PROTOCOLS
+
+    for method in METHODS:
+        assert set(PROTOCOLS[method]["short_side"]) == set(PROTOCOLS[method]["slide"]) == set(BENCHMARKS)
     p = method_protocol("naclip", "voc21")
     assert p["short_side"] == 336 and p["sliding_window"] is None and p["pamr"] is True
     p = method_protocol("clearclip", "cityscapes")
@@ -193,3 +198,26 @@ def test_method_protocol_records():
     assert method_protocol("sclip", "coco_stuff")["short_side"] == 448
     with pytest.raises(ValueError, match="unknown method"):
         method_protocol("gem")
+
+
+@pytest.mark.parametrize("kind", ["dino", "dinov2-reg"])
+def test_proxyclip_with_dino_and_dinov2_proxies(tmp_path, kind):
+    """Any ViT attention source is a proxy: its last-layer patch tokens (prefix tokens dropped) on
+    CLIP's grid, or on its own grid with proxy_grid='proxy' (the output then has that grid)."""
+    from dslo.testing import make_tiny_clip, make_tiny_dino, make_tiny_dinov2
+
+    proxy_dir = (make_tiny_dino(tmp_path / "dino") if kind == "dino"
+                 else make_tiny_dinov2(tmp_path / "dinov2", registers=2))
+    clip = create_logits_model(make_tiny_clip(tmp_path / "clip"), device="cpu", method="proxyclip",
+                               proxy=str(proxy_dir))
+    torch.manual_seed(0)
+    px = torch.randn(1, 3, 64, 96)
+    f = clip.patch_features(px)
+    assert f.shape == (4, 6, clip.model.config.projection_dim) and torch.isfinite(f).all()
+    p = clip.proxy_model().patch_size
+    z = clip.proxy_features(px, (4, 6))
+    assert z.shape == (4, 6, 32)
+    # the same features given explicitly give the same output
+    torch.testing.assert_close(clip.patch_features(px, proxy=z.reshape(24, -1)), f)
+    own = clip.with_settings(proxy_grid="proxy").patch_features(px)
+    assert own.shape[:2] == (64 // p, 96 // p)

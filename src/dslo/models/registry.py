@@ -51,14 +51,18 @@ LOGITS: dict[str, Entry] = {
     "clip-b16": Entry("clip", "openai/clip-vit-base-patch16", "CLIP ViT-B/16 (paper default)"),
     "clip-l14": Entry("clip", "openai/clip-vit-large-patch14", "CLIP ViT-L/14"),
     "clip-l14-336": Entry("clip", "openai/clip-vit-large-patch14-336", "CLIP ViT-L/14 trained at 336 px"),
-    # Other training-free methods on the same CLIP weights (docs/methods.md): a key fixes `method`;
-    # L/14 keys where the method's paper or configs define one.
+    # Other training-free methods on the same CLIP weights (docs/methods.md): a key fixes `method`
+    # (and the published input size where it is not 336); L/14 keys where the method's code or
+    # configs name one. `dslo eval` sets the input size per benchmark from the method's protocol.
     "naclip-b16": Entry("clip", _B16, "NACLIP (WACV 2025) on CLIP B/16", {"method": "naclip"}),
     "naclip-l14": Entry("clip", _L14, "NACLIP (WACV 2025) on CLIP L/14", {"method": "naclip"}),
     "sclip-b16": Entry("clip", _B16, "SCLIP (ECCV 2024) on CLIP B/16", {"method": "sclip"}),
-    "clearclip-b16": Entry("clip", _B16, "ClearCLIP (ECCV 2024) on CLIP B/16", {"method": "clearclip"}),
-    "clearclip-l14": Entry("clip", _L14, "ClearCLIP (ECCV 2024) on CLIP L/14", {"method": "clearclip"}),
-    "maskclip-b16": Entry("clip", _B16, "MaskCLIP (ECCV 2022) on CLIP B/16", {"method": "maskclip"}),
+    "clearclip-b16": Entry("clip", _B16, "ClearCLIP (ECCV 2024) on CLIP B/16",
+                           {"method": "clearclip", "short_side": 448}),
+    "clearclip-l14": Entry("clip", _L14, "ClearCLIP (ECCV 2024) on CLIP L/14",
+                           {"method": "clearclip", "short_side": 448}),
+    "maskclip-b16": Entry("clip", _B16, "MaskCLIP (ECCV 2022) on CLIP B/16",
+                          {"method": "maskclip", "short_side": 448}),
     "proxyclip-b16": Entry("clip", _B16, "ProxyCLIP (ECCV 2024) on CLIP B/16, DINO B/8 proxy",
                            {"method": "proxyclip", "proxy": "dino-b8"}),
     "proxyclip-l14": Entry("clip", _L14, "ProxyCLIP (ECCV 2024) on CLIP L/14, DINO B/8 proxy",
