@@ -200,6 +200,9 @@ class ClipLogitsModel:
             from dslo.models.registry import create_attention_model
 
             src = create_attention_model(self.settings.proxy, device=self.device)
+            if not all(hasattr(src, a) for a in ("model", "num_prefix", "patch_size", "mean", "std")):
+                raise ValueError(f"proxy={self.settings.proxy!r} has no ViT patch features; use a DINO / DINOv2 "
+                                 "source (dino-b8, dinov2-reg-b14, dinov2-b14, focus-s14 or such a folder)")
             self.proxy_source = src
         return src
 
