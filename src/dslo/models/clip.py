@@ -244,7 +244,8 @@ class ClipLogitsModel:
         if pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
             raise ValueError(f"pixel_values must be (1, 3, H, W); got {tuple(pixel_values.shape)}")
         if proxy is not None and self.settings.method != "proxyclip":
-            raise ValueError(f"proxy features are used by method 'proxyclip' only (this model: {self.settings.method!r})")
+            raise ValueError("proxy features are used by method 'proxyclip' only "
+                             f"(this model: {self.settings.method!r})")
         x, grid = self._trunk(pixel_values)
         return self._features(x, grid, pixel_values, proxy)
 
