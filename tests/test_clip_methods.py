@@ -6,7 +6,6 @@ settings' contract. Fixture tests skip cleanly when the shared data is absent.""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from dslo.models.clip_methods import (
     proxy_attention,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA
+
 PEER = DATA / "peer_logits"
 needs_fixtures = pytest.mark.skipif(not (PEER / "expected.safetensors").is_file(),
                                     reason=f"peer fixtures not found at {PEER}")

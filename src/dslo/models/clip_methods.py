@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from dslo.errors import SettingsError, did_you_mean
+
 __all__ = [
     "METHODS",
     "MethodSpec",
@@ -118,7 +120,7 @@ def method_protocol(method: str, dataset: str | None = None) -> dict[str, Any]:
     """The published protocol of ``method`` (on ``dataset`` when given): short side, sliding
     window, PAMR and where it was read. JSON-ready."""
     if method not in PROTOCOLS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+        raise SettingsError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     p = PROTOCOLS[method]
     if dataset is None or dataset not in p["short_side"]:
         return {"method": method, "short_side": dict(p["short_side"]),
@@ -141,7 +143,7 @@ def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int], mode: str = 
     ``align_corners=False``. The two differ even at h = g (the peer call resamples every row when
     the grid is not square)."""
     if mode not in POS_INTERP:
-        raise ValueError(f"pos_interp={mode!r}; use one of {POS_INTERP}")
+        raise SettingsError(f"pos_interp={mode!r}; use one of {POS_INTERP}")
     h, w = int(grid[0]), int(grid[1])
     g = int(round(math.sqrt(pos.shape[0] - 1)))
     if g * g != pos.shape[0] - 1:
@@ -165,7 +167,7 @@ def gaussian_window(grid: tuple[int, int], std: float, *, device=None, dtype=tor
     """NACLIP's additive window ``Ω (N, N)``, N = h·w patches in row-major order:
     ``Ω[p, q] = exp(-|p - q|² / (2 std²))`` in grid coordinates (rows and columns)."""
     if std <= 0:
-        raise ValueError(f"window_std must be positive, got {std}")
+        raise SettingsError(f"window_std must be positive, got {std}")
     r, c = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device), indexing="ij")
     r, c = r.reshape(-1).to(dtype), c.reshape(-1).to(dtype)
     d2 = (r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2
@@ -275,9 +277,9 @@ def check_method(method: str, attention: str, keep_residual: bool, keep_mlp: boo
     """``attention`` / ``keep_residual`` / ``keep_mlp`` configure ``method='dslo'`` only; another
     method with one of them changed is a contradiction, refused with the fix."""
     if method not in SPECS:
-        raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}")
+        raise SettingsError(f"method={method!r}{did_you_mean(method, METHODS)}; use one of {', '.join(METHODS)}")
     if method != "dslo" and (attention, keep_residual, keep_mlp) != tuple(defaults):
-        raise ValueError(f"attention/keep_residual/keep_mlp configure method='dslo' only; method={method!r} "
+        raise SettingsError(f"attention/keep_residual/keep_mlp configure method='dslo' only; method={method!r} "
                          "fixes its own last block. Drop those settings or use method='dslo'")
 
 
