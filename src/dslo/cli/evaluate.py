@@ -53,7 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
     p.add_argument("--mode", type=mode_arg, metavar="MODE", help=MODE_HELP)
     p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
+                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6; "
+                                             "--set post=pamr adds PAMR after the head (or after the logits "
+                                             "with --mode none)")
     p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
                    default=[], metavar="KEY=VALUE",
                    help="a logits-model setting (repeatable), e.g. --logits-option method=naclip, "
