@@ -1,0 +1,107 @@
+"""The Gradio page of ``dslo app``: inputs on the left, results on the right, the head's steps below.
+
+Only layout and wiring live here; what a request does is :class:`dslo.app.service.AppService`.
+Element ids (``dslo-*``) are stable: the browser tests and the README's screenshot use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from dslo.app.service import BACKGROUNDS, MODES, AppService, Outcome
+
+API_NAME = "segment"  # Client(...).predict(..., api_name="/segment")
+MAX_EXAMPLES = 24
+
+INTRO = """# dslo: segment an image into your own classes
+Training-free open-vocabulary segmentation (DSLO). Upload, drop or paste an image, name the classes,
+press **Segment**. Classes use the CLI's syntax: `car, road, sky` (a class per comma), or paste a
+classes file (a class per line, synonyms separated by commas: `person, man, woman`)."""
+
+HEAD_HELP = """**How the head saw it.** Left: CLIP's coarse evidence alone, each patch labelled with its
+best class (no head). Middle: the NMS seeds the head starts from (grey: no class survived at that
+patch). Below: the head's score of every class it kept, dark blue (low) to yellow (high)."""
+
+from gradio.events import Dependency
+
+class ImageInput(gr.Image):
+    """``gr.Image`` that hands the handler the uploaded file itself (``type="filepath"``, no
+    re-encoding), so the app reads exactly the bytes ``dslo segment`` would, and a file that is not
+    an image reaches the handler, which says so in the page instead of failing inside Gradio."""
+
+    is_template = True  # rendered by gr.Image's frontend
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_page(service: AppService, examples: list[Path] | None = None,
+               nms_threshold: float = 0.5) -> gr.Blocks:
+    """The app's ``gr.Blocks`` (not launched)."""
+    with gr.Blocks(title="dslo", analytics_enabled=False) as page:
+        gr.Markdown(INTRO)
+        if service.load_error:
+            gr.Markdown(service.load_error_markdown(), elem_id="dslo-load-error")
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                   elem_id="dslo-image")
+                classes = gr.Textbox(label="Classes", lines=2, elem_id="dslo-classes",
+                                     placeholder="car, road, sky, building, tree, person")
+                with gr.Row():
+                    mode = gr.Radio([(label, key) for key, label in MODES.items()], value="mv",
+                                    label="Head", elem_id="dslo-mode")
+                    background = gr.Radio(list(BACKGROUNDS), value="none", label="Background",
+                                          elem_id="dslo-background",
+                                          info="none: every pixel gets one of your classes; stuff: a "
+                                               "'background' class of stuff words; threshold: "
+                                               "low-confidence pixels become background")
+                with gr.Row():
+                    bg_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05,
+                                             label="Background threshold (CLIP class probability)",
+                                             elem_id="dslo-bg-threshold")
+                    nms = gr.Slider(0.05, 1.0, value=nms_threshold, step=0.05,
+                                    label="NMS threshold θ", elem_id="dslo-nms")
+                button = gr.Button("Segment", variant="primary", elem_id="dslo-segment")
+                if examples:
+                    gr.Examples([[str(p)] for p in examples[:MAX_EXAMPLES]], inputs=[image],
+                                label="Examples")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="dslo-status")
+                overlay = gr.Image(label="Segmentation", type="pil", format="png",
+                                   interactive=False, elem_id="dslo-overlay")
+                table = gr.Dataframe(headers=["class", "pixels", "share %"],
+                                     datatype=["str", "number", "number"], type="array",
+                                     label="Classes and pixel shares", interactive=False,
+                                     elem_id="dslo-table")
+                with gr.Row():
+                    mask_file = gr.DownloadButton("Mask (palette PNG)", elem_id="dslo-mask")
+                    json_file = gr.DownloadButton("JSON", elem_id="dslo-json")
+        with gr.Accordion("How the head saw it", open=True, elem_id="dslo-head"):
+            gr.Markdown(HEAD_HELP)
+            with gr.Row():
+                coarse = gr.Image(label="CLIP arg-max (no head)", type="pil", format="png",
+                                  interactive=False, elem_id="dslo-coarse")
+                seeds = gr.Image(label="NMS seeds", type="pil", format="png", interactive=False,
+                                 elem_id="dslo-seeds")
+            heat = gr.Gallery(label="Head scores per kept class", columns=4, format="png",
+                              elem_id="dslo-heat")
+
+        def run(image_path, classes_text, mode_key, bg, bg_t, theta):
+            out: Outcome = service.segment(image_path, classes_text, mode_key, bg, bg_t, theta)
+            return (out.message, out.overlay, out.table or None, out.files.get("mask"),
+                    out.files.get("json"), out.coarse, out.seeds, out.heat or None)
+
+        button.click(run, [image, classes, mode, background, bg_threshold, nms],
+                     [status, overlay, table, mask_file, json_file, coarse, seeds, heat],
+                     api_name=API_NAME, concurrency_limit=1)
+    return page
