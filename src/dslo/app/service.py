@@ -91,8 +91,8 @@ class AppService:
         try:
             self.segmenter = load()
         except WeightsNotFoundError as exc:
-            self.load_error = str(exc)
-            self._log(f"dslo app: models not loaded: {exc}")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            self._log(f"dslo app: models not loaded: {self.load_error}")
         else:
             self._log(f"dslo app: models loaded in {time.perf_counter() - t0:.1f} s: {self.segmenter!r}")
         self._count = 0
