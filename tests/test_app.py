@@ -155,7 +155,7 @@ def test_an_unexpected_failure_is_one_line_and_logged(tmp_path, picture):
     svc = AppService(lambda: Broken(), work_dir=tmp_path, log=logged.append)
     svc._variant = lambda mode, theta: 1 / 0
     out = svc.segment(picture, "car", "mv", "none", 0.5, 0.5)
-    assert out.message.startswith("**Internal error** (ZeroDivisionError")
+    assert out.message.startswith("**Error:** an internal error (ZeroDivisionError")
     assert "Traceback" in logged[-1] and "Traceback" not in out.message
 
 

@@ -87,7 +87,8 @@ def build_page(service: AppService, examples: list[Path] | None = None,
                                   interactive=False, elem_id="dslo-coarse")
                 seeds = gr.Image(label="NMS seeds", type="pil", format="png", interactive=False,
                                  elem_id="dslo-seeds")
-            heat = gr.Gallery(label="Head scores per kept class", columns=4, format="png",
+            heat = gr.Gallery(label="Head scores per kept class", columns=4, height=300,
+                              object_fit="contain", format="png",
                               elem_id="dslo-heat")
 
         # The parameter names are the API's (Client.predict keywords).

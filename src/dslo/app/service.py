@@ -104,8 +104,8 @@ class AppService:
     def load_error_markdown(self) -> str:
         if self.load_error is None:
             return ""
-        return ("**The models could not be loaded, so this app cannot segment yet.** Restart it "
-                "once the weights are available:\n\n```\n" + self.load_error + "\n```")
+        return ("**Error:** the models could not be loaded, so this app cannot segment yet. "
+                "Restart it once the weights are available:\n\n```\n" + self.load_error + "\n```")
 
     def segment(self, image_path: str | Path | None, classes: str | None, mode: str = "mv",
                 background: str | None = "none", background_threshold: float | None = 0.5,
@@ -121,8 +121,8 @@ class AppService:
             return Outcome(f"**Error:** {type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug: the page says so in one line, the log has the traceback
             self._log("dslo app: request failed:\n" + traceback.format_exc())
-            return Outcome(f"**Internal error** ({type(exc).__name__}: {exc}); the server log "
-                           "has the details.")
+            return Outcome(f"**Error:** an internal error ({type(exc).__name__}: {exc}); the "
+                           "server log has the details.")
 
     def _segment(self, image_path, classes_text, mode, background, background_threshold,
                  nms_threshold) -> Outcome:
