@@ -3,7 +3,7 @@
 Used by ``test_app_browser.py``; run as a script it takes the README's screenshot of the page on a
 real CamVid image with the offline preset:
 
-    python tests/app_browser.py docs/app-screenshot.png [--logits CLIP_DIR]
+    python tests/app_browser.py docs/app-screenshot.jpg [--logits CLIP_DIR]
 
 Without ``--logits`` a tiny random CLIP is written (``dslo.testing.make_tiny_clip``), so the labels
 in the picture mean nothing; pass a real CLIP folder for a meaningful one.
@@ -136,7 +136,7 @@ def image_shown(page, elem_id: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Screenshot of dslo app on a CamVid image (offline preset).")
-    ap.add_argument("output", type=Path, help="PNG to write, e.g. docs/app-screenshot.png")
+    ap.add_argument("output", type=Path, help="image to write (.png or .jpg), e.g. docs/app-screenshot.jpg")
     ap.add_argument("--logits", type=Path, help="a CLIP folder (default: a tiny random one)")
     ap.add_argument("--image", type=Path, default=CAMVID_IMAGE)
     ap.add_argument("--classes", default=CAMVID_CLASSES)
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             for elem in ("dslo-overlay", "dslo-coarse", "dslo-seeds"):
                 image_shown(page, elem)
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.output), full_page=True)
+            jpeg = args.output.suffix.lower() in (".jpg", ".jpeg")  # a quarter of the PNG's bytes
+            page.screenshot(path=str(args.output), full_page=True, type="jpeg" if jpeg else "png",
+                            **({"quality": 85} if jpeg else {}))
     print(f"wrote {args.output}")
     return 0
 

@@ -41,7 +41,8 @@ class ImageInput(gr.Image):
 def build_page(service: AppService, examples: list[Path] | None = None,
                nms_threshold: float = 0.5) -> gr.Blocks:
     """The app's ``gr.Blocks`` (not launched)."""
-    with gr.Blocks(title="dslo", analytics_enabled=False) as page:
+    # Gradio keeps uploads and results in its cache: files older than an hour are removed hourly.
+    with gr.Blocks(title="dslo", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(INTRO)
         if service.load_error:
             gr.Markdown(service.load_error_markdown(), elem_id="dslo-load-error")
