@@ -35,7 +35,8 @@ CAMVID_CLASSES = "sky, building, pole, road, pavement, tree, sign, fence, car, p
 # Small model inputs keep a request to seconds on a CPU; the code path is the same at any size.
 FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 START_TIMEOUT_S = 300  # importing torch + Gradio and loading models on a busy 2-core machine
-REQUEST_TIMEOUT_MS = 300_000
+REQUEST_TIMEOUT_MS = 300_000  # one segmentation on a busy CPU
+STEP_TIMEOUT_MS = 60_000  # any other wait in the page
 
 
 def free_port() -> int:
@@ -93,7 +94,7 @@ def chromium(profile_dir: Path | None = None):
         ctx = p.chromium.launch_persistent_context(
             str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
             accept_downloads=True, viewport={"width": 1500, "height": 1100})
-        ctx.set_default_timeout(REQUEST_TIMEOUT_MS)
+        ctx.set_default_timeout(STEP_TIMEOUT_MS)
         stack.callback(ctx.close)
         yield ctx
 
@@ -114,8 +115,19 @@ def segment_in_page(page, classes: str, image: Path | None = None) -> str:
     page.wait_for_function(
         "before => { const t = document.querySelector('#dslo-status').innerText.trim();"
         " return t !== before && (t.startsWith('Segmented') || t.startsWith('Error')); }",
-        arg=before)
+        arg=before, timeout=REQUEST_TIMEOUT_MS)
     return status_text(page)
+
+
+def pick_example(page, name: str) -> None:
+    """Click the example called ``name`` and wait until the image input shows it."""
+    img = page.locator("#dslo-image img").first
+    before = img.get_attribute("src") if img.count() else None
+    page.locator("#dslo-examples").get_by_text(name, exact=True).first.click()
+    page.wait_for_function(
+        "before => { const i = document.querySelector('#dslo-image img');"
+        " return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== before; }",
+        arg=before)
 
 
 def table_rows(page) -> list[list[str]]:

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_browser import CAMVID_IMAGE, CHROMIUM, FAST, chromium, image_shown, running_app, \
-    segment_in_page, status_text, table_rows  # noqa: E402
+from app_browser import CAMVID_IMAGE, CHROMIUM, FAST, chromium, image_shown, pick_example, \
+    running_app, segment_in_page, table_rows  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -54,19 +54,27 @@ def browser_parts():
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """A real CamVid image when ../shared/data is here; otherwise (a clean CI machine without the
-    data) a synthetic street-like picture, so the browser path still runs."""
-    folder = tmp_path_factory.mktemp("image")
+def images(tmp_path_factory):
+    """Two real CamVid images when ../shared/data is here; otherwise (a clean CI machine without
+    the data) two synthetic street-like pictures, so the browser path still runs."""
+    folder = tmp_path_factory.mktemp("images")
     if CAMVID_IMAGE.is_file():
-        return Path(shutil.copy(CAMVID_IMAGE, folder / CAMVID_IMAGE.name))
-    img = np.zeros((360, 480, 3), np.uint8)
-    img[:150] = (128, 128, 128)
-    img[150:260] = (128, 0, 0)
-    img[260:] = (128, 64, 128)
-    path = folder / "street.png"
-    Image.fromarray(img).save(path)
-    return path
+        second = sorted(p for p in CAMVID_IMAGE.parent.glob("*.png") if p != CAMVID_IMAGE)[0]
+        return [Path(shutil.copy(p, folder / p.name)) for p in (CAMVID_IMAGE, second)]
+    out = []
+    for i, horizon in enumerate((150, 190)):
+        img = np.zeros((360, 480, 3), np.uint8)
+        img[:horizon] = (128, 128, 128)
+        img[horizon:260] = (128, 0, 0)
+        img[260:] = (128, 64, 128)
+        out.append(folder / f"street{i}.png")
+        Image.fromarray(img).save(out[-1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def image(images):
+    return images[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +90,9 @@ def model_args(tiny_clip):
 
 
 @pytest.fixture(scope="module")
-def app(model_args, tmp_path_factory):
+def app(model_args, images, tmp_path_factory):
     log = tmp_path_factory.mktemp("app") / "app.log"
-    with running_app(model_args, log) as url:
+    with running_app([*model_args, "--examples", str(images[0].parent)], log) as url:
         yield url, log
 
 
@@ -104,15 +112,18 @@ def _dslo_segment(image: Path, classes: str, model_args: list[str], out: Path) -
     return out
 
 
-def test_segment_in_the_browser_after_an_error(app, browser, image, model_args, tmp_path):
-    """Empty classes: the error is in the page. Then a valid request in the same page: overlay
-    shown, table of the classes summing to 100 %, downloads equal to `dslo segment`'s files."""
+def test_segment_in_the_browser_after_an_error(app, browser, images, model_args, tmp_path):
+    """An uploaded image with empty classes: the error is in the page. Then a valid request in the
+    same page on an example image: overlay shown, table of the classes summing to 100 %, downloads
+    equal to `dslo segment`'s files."""
     url, _ = app
     page = browser.new_page()
     page.goto(url)
-    status = segment_in_page(page, "  ", image)
+    status = segment_in_page(page, "  ", images[0])
     assert status.startswith("Error:") and "no classes given" in status
 
+    image = images[1]  # picked from the examples (--examples DIR) this time
+    pick_example(page, image.name)
     classes = "sky, road, car, building"
     status = segment_in_page(page, classes)
     assert status.startswith(f"Segmented {image.name}"), status

@@ -68,8 +68,10 @@ def build_page(service: AppService, examples: list[Path] | None = None,
                                     label="NMS threshold θ", elem_id="dslo-nms")
                 button = gr.Button("Segment", variant="primary", elem_id="dslo-segment")
                 if examples:
-                    gr.Examples([[str(p)] for p in examples[:MAX_EXAMPLES]], inputs=[image],
-                                label="Examples")
+                    shown = examples[:MAX_EXAMPLES]
+                    gr.Examples([[str(p)] for p in shown], inputs=[image], label="Examples",
+                                example_labels=[p.name for p in shown], examples_per_page=12,
+                                elem_id="dslo-examples")
             with gr.Column(scale=3):
                 status = gr.Markdown(label="Status", elem_id="dslo-status")
                 overlay = gr.Image(label="Segmentation", type="pil", format="png",
