@@ -114,13 +114,17 @@ def test_settings_of_a_request_do_not_leak_into_the_next(service, picture):
     ("PICTURE", "", "no classes given"),
     ("PICTURE", "car, road, car", "duplicate class name"),
     ("TEXT", "car", "notes.txt is not an image dslo can read"),
+    ("TRUNCATED", "car", "cannot read broken.png: image file is truncated"),
     ("PICTURE", "background, car", "named 'background'"),  # with a background policy
 ])
 def test_bad_requests_get_a_message_and_the_app_keeps_serving(service, picture, tmp_path, image,
                                                               classes, match):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    path = {"PICTURE": picture, "TEXT": text, None: None}[image]
+    broken = tmp_path / "broken.png"
+    data = picture.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    path = {"PICTURE": picture, "TEXT": text, "TRUNCATED": broken, None: None}[image]
     out = service.segment(path, classes, "mv", "stuff", 0.5, 0.5)
     assert not out.ok and out.message.startswith("**Error:**") and match in out.message
     assert "Traceback" not in out.message

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dslo.app import views
 from dslo.cli.segment import InputImage, write_outputs
@@ -97,10 +97,6 @@ class AppService:
             self._log(f"dslo app: models loaded in {time.perf_counter() - t0:.1f} s: {self.segmenter!r}")
         self._count = 0
 
-    @property
-    def max_side(self) -> int | None:
-        return getattr(self.segmenter, "max_side", None)
-
     def load_error_markdown(self) -> str:
         if self.load_error is None:
             return ""
@@ -137,10 +133,11 @@ class AppService:
         try:
             rgb = read_image_file(path)  # what `dslo segment` reads; a clear message for a non-image
         except ImageReadError as exc:
-            raise UserError(
-                f"{path.name} is not an image dslo can read ({', '.join(IMAGE_SUFFIXES)}): "
-                f"{str(exc.__cause__ or exc)}"
-            ) from None
+            cause = exc.__cause__
+            if isinstance(cause, UnidentifiedImageError):
+                raise UserError(f"{path.name} is not an image dslo can read (use one of "
+                                f"{', '.join(IMAGE_SUFFIXES)})") from None
+            raise UserError(f"cannot read {path.name}: {cause or exc}") from None
         seg = self._variant(mode, nms_threshold)
         result = seg.predict(rgb, classes, background=background_spec(background, background_threshold))
 
