@@ -199,3 +199,17 @@ def test_without_gradio_dslo_app_prints_the_install_hint(monkeypatch, capsys):
     assert main(["app", "--model", "offline"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == 'dslo app: error: dslo app needs Gradio, an optional extra: pip install "dslo[app]"'
+
+
+def test_a_busy_port_fails_before_the_models_load(capsys):
+    import socket
+
+    from dslo.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["app", "--model", "offline", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dslo app: error: cannot listen on 127.0.0.1:{port}") and "--port" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -65,10 +66,22 @@ def _loader(args: argparse.Namespace):
     return load
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail before the models load (which takes a while) when the address cannot be served."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                           "pick another --port, or stop what uses it") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from dslo.app import require_gradio
 
     require_gradio()
+    _check_port(args.host, args.port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
     from dslo.imageio import list_images
 
@@ -88,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
     page.queue(default_concurrency_limit=1)
     print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,
           flush=True)
-    page.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
-                quiet=True, max_file_size=args.max_file_size,
-                allowed_paths=[str(args.examples.resolve())] if examples else None)
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
+                    quiet=True, max_file_size=args.max_file_size,
+                    allowed_paths=[str(args.examples.resolve())] if examples else None)
+    except OSError as exc:  # the port was taken while the models loaded
+        raise RuntimeError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     return 0
