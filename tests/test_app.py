@@ -192,6 +192,17 @@ def test_class_table_counts_every_class():
 
 # --- the optional extra --------------------------------------------------------------------------------
 
+def test_only_the_page_imports_gradio():
+    """The base install stays light: the CLI (with `dslo app` registered), the request logic and the
+    views load without importing Gradio."""
+    import subprocess
+
+    code = ("import sys, dslo, dslo.cli, dslo.app.service, dslo.app.views; dslo.cli.build_parser(); "
+            "print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_without_gradio_dslo_app_prints_the_install_hint(monkeypatch, capsys):
     from dslo.cli import main
 
