@@ -26,10 +26,11 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from conftest import DATA  # tests/ is on the path both under pytest and when run as a script
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CAMVID_IMAGE = DATA / "camvid" / "test" / "0001TP_008550.png"
 CAMVID_CLASSES = "sky, building, pole, road, pavement, tree, sign, fence, car, pedestrian, bicyclist"
 # Small model inputs keep a request to seconds on a CPU; the code path is the same at any size.

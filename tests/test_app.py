@@ -15,17 +15,10 @@ from dslo.classes import read_classes_file
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
-def service(tiny_clip, tmp_path_factory):
+def service(clip_dir, tmp_path_factory):
     from dslo.segmenter import create_segmenter
 
-    return AppService(lambda: create_segmenter("offline", logits=tiny_clip, attention="clip",
+    return AppService(lambda: create_segmenter("offline", logits=clip_dir, attention="clip",
                                                device="cpu", max_side=64),
                       work_dir=tmp_path_factory.mktemp("work"), log=lambda msg: None)
 
@@ -106,7 +99,7 @@ def test_settings_of_a_request_do_not_leak_into_the_next(service, picture):
     da, db = (json.loads(o.files["json"].read_text()) for o in (a, b))
     assert da["classes"][0] == "background" and da["model"]["head"]["nms_threshold"] == 0.3
     assert db["classes"] == ["red", "green"] and db["model"]["head"]["nms_threshold"] == 0.5
-    assert service.segmenter.head_settings.get("nms_threshold") is None
+    assert service.segmenter.head.nms_threshold == 0.5  # the loaded segmenter is never changed
 
 
 @pytest.mark.parametrize("image, classes, match", [
@@ -136,6 +129,8 @@ def test_a_bad_setting_is_a_message(service, picture):
     assert not out.ok and "unknown head mode 'xx'" in out.message
     out = service.segment(picture, "red, green", "mv", "sometimes", 0.5, 0.5)
     assert not out.ok and "unknown background" in out.message
+    out = service.segment(picture, "red, green", "mv", "none", 0.5, 1.5)
+    assert not out.ok and "nms_threshold" in out.message
 
 
 def test_missing_weights_still_serve_the_error(tmp_path, picture, monkeypatch):
@@ -153,7 +148,7 @@ def test_an_unexpected_failure_is_one_line_and_logged(tmp_path, picture):
     logged = []
 
     class Broken:
-        head_settings, max_side, background, info = {}, None, None, {}
+        head, max_side, background, info = None, None, None, {}
         logits_model = attention_model = None
 
     svc = AppService(lambda: Broken(), work_dir=tmp_path, log=logged.append)

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_browser import CAMVID_IMAGE, CHROMIUM, FAST, chromium, image_shown, pick_example, \
-    running_app, segment_in_page, table_rows  # noqa: E402
+    running_app, segment_in_page, table_rows
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -78,15 +77,8 @@ def image(images):
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
-def model_args(tiny_clip):
-    return ["--model", "offline", "--logits", str(tiny_clip), "--device", "cpu", *FAST]
+def model_args(clip_dir):
+    return ["--model", "offline", "--logits", str(clip_dir), "--device", "cpu", *FAST]
 
 
 @pytest.fixture(scope="module")

@@ -52,14 +52,14 @@ class UserError(ValueError):
 def parse_class_box(text: str | None) -> list[list[str]]:
     """The class box in the CLI's syntax: one line is ``--classes`` (a class per comma); several
     lines are a pasted classes file (a class per line, synonyms comma-separated, ``#`` comments
-    and blank lines skipped), exactly as ``--classes-file`` reads it."""
-    from dslo.classes import normalize_classes, parse_class_string
+    and blank lines skipped), read by the same parser as ``--classes-file``."""
+    from dslo.classes import parse_class_lines, parse_class_string
 
     text = text or ""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if len(lines) <= 1:
         return parse_class_string(lines[0] if lines else "")
-    return normalize_classes(lines)  # a string item = one class, its commas separate synonyms
+    return parse_class_lines(text, "the class box")
 
 
 def background_spec(policy: str | None, threshold: float | None) -> str:
@@ -145,7 +145,7 @@ class AppService:
         # The JSON names the image by its file name, as `dslo segment NAME` run beside it would.
         write_outputs(result, InputImage(Path(path.name), Path(path.stem)), out_dir, DOWNLOADS)
         coarse = views.coarse_argmax(result)
-        seeds, seeded = views.seeds(result, self._head_config(seg))
+        seeds, seeded = views.seeds(result, seg.head)
         notes = [f"Segmented **{path.name}** ({result.size[1]}×{result.size[0]}) into "
                  f"{len(result.class_names)} classes with {MODES[mode]}."]
         h, w = result.model["input_size"]
@@ -153,7 +153,7 @@ class AppService:
             notes.append(f"The image is larger than the app's limit (max side {seg.max_side} px): "
                          f"the models saw it at {w}×{h}; the mask and the table are at full size.")
         notes.append(f"Seeds: {100 * seeded:.0f} % of the {result.grid[0]}×{result.grid[1]} patches "
-                     f"survived NMS (θ = {self._head_config(seg).nms_threshold}).")
+                     f"survived NMS (θ = {seg.head.nms_threshold}).")
         return Outcome(
             message=" ".join(notes), ok=True, overlay=result.overlay(),
             table=views.class_table(result.labels, result.class_names),
@@ -162,23 +162,14 @@ class AppService:
         )
 
     def _variant(self, mode: str, nms_threshold: float | None):
-        """The loaded segmenter with this request's head mode and NMS threshold (models shared)."""
+        """The loaded segmenter with this request's head mode and NMS threshold (models shared;
+        the head's frozen config is replaced, so a request never changes the next one's)."""
         from dslo.segmenter import Segmenter
 
         seg = self.segmenter
-        settings = dict(seg.head_settings)
-        if nms_threshold is not None:
-            settings["nms_threshold"] = float(nms_threshold)
-        variant = Segmenter(seg.logits_model, seg.attention_model, mode=mode, head_settings=settings,
-                            max_side=seg.max_side, background=seg.background, info=seg.info)
-        self._head_config(variant)  # an invalid value fails here, before any model runs
-        return variant
-
-    @staticmethod
-    def _head_config(seg):
-        from dslo.head import HeadConfig
-
-        return HeadConfig(**seg.head_settings)
+        head = seg.head if nms_threshold is None else seg.head.replace(nms_threshold=float(nms_threshold))
+        return Segmenter(seg.logits_model, seg.attention_model, mode=mode, head=head,
+                         max_side=seg.max_side, background=seg.background, info=seg.info)
 
     def _request_dir(self) -> Path:
         self._count += 1
