@@ -4,6 +4,7 @@ seconds; the browser and the real CLI are in test_app_browser.py."""
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,30 @@ def test_class_table_counts_every_class():
     labels = np.array([[0, 0, 2], [2, 2, 2]])
     assert __import__("dslo.app.views", fromlist=["x"]).class_table(labels, ["a", "b", "c"]) == [
         ["a", 2, 33.33], ["b", 0, 0.0], ["c", 4, 66.67]]
+
+
+# --- the page ------------------------------------------------------------------------------------------
+
+def test_the_page_builds_shows_a_load_error_and_passes_uploads_as_they_are(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    import dslo.app
+    import dslo.models
+    from dslo.app.page import build_page
+    from dslo.segmenter import create_segmenter
+
+    package = Path(dslo.app.__file__).parent
+    before = sorted(package.iterdir())
+    monkeypatch.setattr(dslo.models, "weights_available", lambda name: False)
+    svc = AppService(lambda: create_segmenter("offline"), work_dir=tmp_path, log=lambda m: None)
+    page = build_page(svc, examples=[])
+    assert sorted(package.iterdir()) == before  # nothing written beside the package (no .pyi)
+    by_id = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
+    assert "WeightsNotFoundError" in by_id["dslo-load-error"].value
+    image = by_id["dslo-image"]
+    upload = tmp_path / "notes.txt"
+    upload.write_text("not an image")
+    # The uploaded file itself reaches the handler (which reports it), not Gradio's decoder.
+    assert image.preprocess(image.data_model(path=str(upload), orig_name="notes.txt")) == str(upload)
 
 
 # --- the optional extra --------------------------------------------------------------------------------

@@ -25,17 +25,20 @@ best class (no head). Middle: the NMS seeds the head starts from (grey: no class
 patch). Below: the head's score of every class it kept, dark blue (low) to yellow (high)."""
 
 
-class ImageInput(gr.Image):
-    """``gr.Image`` that hands the handler the uploaded file itself (``type="filepath"``, no
-    re-encoding), so the app reads exactly the bytes ``dslo segment`` would, and a file that is not
-    an image reaches the handler, which says so in the page instead of failing inside Gradio."""
+def _keep_upload(default_preprocess):
+    """``gr.Image``'s preprocessing, except that an uploaded file reaches the handler as it is (its
+    path: no re-encoding), so the app reads exactly the bytes ``dslo segment`` would, and a file
+    that is not an image reaches the handler, which says so in the page instead of failing inside
+    Gradio. (Set on the instance: a ``gr.Image`` subclass would make Gradio write a ``.pyi`` stub
+    beside this module at import, which fails in a read-only install.) Gradio has already checked
+    that the path is one of its uploads when this runs."""
 
-    is_template = True  # rendered by gr.Image's frontend
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is not None and payload.path and not str(payload.url or "").startswith("data:"):
             return str(payload.path)
-        return super().preprocess(payload)
+        return default_preprocess(payload)
+
+    return preprocess
 
 
 def build_page(service: AppService, examples: list[Path] | None = None,
@@ -48,8 +51,9 @@ def build_page(service: AppService, examples: list[Path] | None = None,
             gr.Markdown(service.load_error_markdown(), elem_id="dslo-load-error")
         with gr.Row():
             with gr.Column(scale=2):
-                image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"],
-                                   elem_id="dslo-image")
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                 elem_id="dslo-image")
+                image.preprocess = _keep_upload(image.preprocess)
                 classes = gr.Textbox(label="Classes", lines=2, elem_id="dslo-classes",
                                      placeholder="car, road, sky, building, tree, person")
                 with gr.Row():
