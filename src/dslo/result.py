@@ -29,6 +29,9 @@ class SegmentationResult:
     model: the settings that produced the result (preset, models, mode, head settings...).
     image: the ``(H, W, 3)`` uint8 image (for :meth:`overlay`).
     image_name: the path the image came from, when it came from a file.
+    logits: ``(K_head, h_c, w_c)`` the class evidence the head was given (CLIP's patch logits, the
+        stuff background's class first when there is one); ``grid``: the ``(h, w)`` patch grid the
+        head worked on. With these and ``dslo.head.seed_classes`` the head's steps can be shown.
     """
 
     labels: np.ndarray
@@ -40,6 +43,8 @@ class SegmentationResult:
     model: dict
     image: np.ndarray = field(repr=False)
     image_name: str | None = None
+    logits: torch.Tensor | None = field(default=None, repr=False)
+    grid: tuple[int, int] | None = None
 
     @property
     def background_index(self) -> int | None:

