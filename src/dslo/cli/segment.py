@@ -18,8 +18,9 @@ from typing import Iterable, Sequence
 
 from dslo.cli._args import parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
+from dslo.outputs import OUTPUT_KINDS, output_location, outputs_exist, write_result
+from dslo.remote import location
 
-OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
 DEFAULT_SAVE = "mask,overlay,json"
 _GLOB_CHARS = set("*?[")
 
@@ -33,7 +34,7 @@ class InputImage:
     stem: Path
 
     def output(self, out_dir: Path, kind: str) -> Path:
-        return out_dir / self.stem.parent / (self.stem.name + OUTPUT_KINDS[kind])
+        return output_location(out_dir, self.stem, kind)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +156,8 @@ def read_class_args(args: argparse.Namespace) -> list[list[str]]:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", required=True, metavar="DIR", type=Path, help="output folder")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", type=location,
+                   help="output folder (or a URI such as s3://bucket/out/)")
     p.add_argument("--save", type=parse_save, default=parse_save(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {DEFAULT_SAVE})")
@@ -175,21 +177,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def write_outputs(result, image: InputImage, out_dir: Path, kinds: Iterable[str]) -> None:
-    """Write the requested outputs of one result, each atomically."""
-    for kind in kinds:
-        path = image.output(out_dir, kind)
-        if kind == "mask":
-            result.save_mask(path)
-        elif kind == "overlay":
-            result.save_overlay(path)
-        elif kind == "json":
-            result.save_json(path, image_name=str(image.path))
-        elif kind == "scores":
-            result.save_scores(path)
+    """Write the requested outputs of one result, each atomically (the writer every engine uses)."""
+    write_result(result, out_dir, image.stem, kinds, image_name=str(image.path))
 
 
 def is_done(image: InputImage, out_dir: Path, kinds: Iterable[str]) -> bool:
-    return all(image.output(out_dir, k).is_file() for k in kinds)
+    return outputs_exist(out_dir, image.stem, kinds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +212,9 @@ def register(subparsers) -> None:
     p.add_argument("--background-words", metavar="LIST",
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
     add_common_args(p)
+    from dslo.scale import add_engine_args
+
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -229,13 +225,31 @@ def _log(msg: str, bar) -> None:
         print(msg, file=sys.stderr)
 
 
+def segmenter_kwargs(args: argparse.Namespace, background) -> dict:
+    """``create_segmenter`` keyword arguments from the command line (the preset is ``args.model``)."""
+    overrides = dict(args.settings)
+    for key in ("logits", "attention", "mode"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if args.logits_options:
+        overrides["logits_options"] = dict(args.logits_options)
+    if args.attention_options:
+        overrides["attention_options"] = dict(args.attention_options)
+    return dict(device=args.device, dtype=args.dtype, max_side=args.max_side, background=background,
+                **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
 
     classes = read_class_args(args)
     background = parse_background(args.background, args.background_words)
+    if args.engine != "local" or args.format != "files":
+        from dslo.scale import run_ray
+
+        return run_ray(args, classes, segmenter_kwargs(args, background))
     out_dir: Path = args.output
-    if out_dir.exists() and not out_dir.is_dir():
+    if isinstance(out_dir, Path) and out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output {out_dir} exists and is not a folder")
     images, errors = discover_inputs(args.inputs, exclude=out_dir)
     for e in errors:
@@ -251,16 +265,7 @@ def run(args: argparse.Namespace) -> int:
     if todo:  # models are loaded only when there is work: a finished rerun returns at once
         from dslo.segmenter import create_segmenter
 
-        overrides = dict(args.settings)
-        for key in ("logits", "attention", "mode"):
-            if getattr(args, key):
-                overrides[key] = getattr(args, key)
-        if args.logits_options:
-            overrides["logits_options"] = dict(args.logits_options)
-        if args.attention_options:
-            overrides["attention_options"] = dict(args.attention_options)
-        seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                               max_side=args.max_side, background=background, **overrides)
+        seg = create_segmenter(args.model, **segmenter_kwargs(args, background))
         from tqdm.auto import tqdm
 
         bar = tqdm(todo, unit="img", file=sys.stderr, disable=True if args.quiet else None,

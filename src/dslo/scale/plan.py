@@ -1,0 +1,79 @@
+"""What a scaled run decides on the driver before any model work: which images are finished
+(resume), and the text embeddings of the vocabulary, computed once and shared with every worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import torch
+
+from dslo import remote
+from dslo.outputs import OUTPUT_KINDS
+from dslo.scale.inputs import Item
+
+
+def existing_files(out: str | Path) -> set[str]:
+    """Every file under the output location, as posix paths relative to it (one listing, not one
+    request per output: on object storage that is the difference between seconds and hours)."""
+    if remote.is_uri(out):
+        found = remote.list_files(str(out))
+        return {rel for _, rel in found[1]} if found and found[0] == "dir" else set()
+    root = Path(out)
+    if not root.is_dir():
+        return set()
+    files = set()
+    for folder, _, names in os.walk(root):
+        rel = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        files.update((rel / n).as_posix() for n in names)
+    return files
+
+
+def finished_stems(items: Iterable[Item], out: str | Path, kinds: Sequence[str]) -> set[str]:
+    """Stems whose requested outputs all exist: the local engine's rule (``outputs_exist``), read
+    from one listing."""
+    files = existing_files(out)
+    return {it.stem for it in items if all(it.stem + OUTPUT_KINDS[k] in files for k in kinds)}
+
+
+def query_classes(classes: Sequence[Sequence[str]], background) -> list[list[str]]:
+    """The synonym lists the logits model is asked for: :meth:`Segmenter.predict`'s rule (the
+    stuff-word background class first when that policy is on)."""
+    from dslo.classes import normalize_classes
+
+    user = normalize_classes(classes)
+    return ([background.stuff_class(user)] + user) if background.kind == "stuff" else user
+
+
+def logits_model_name(preset: str, kwargs: dict) -> str:
+    """The logits model ``create_segmenter(preset, **kwargs)`` would load."""
+    from dslo.models import weights_available
+    from dslo.segmenter import _offline_logits_error, _resolve_preset
+
+    _, spec, implied = _resolve_preset(preset)
+    name = kwargs.get("logits") or implied.get("logits") or spec["logits"]
+    if name is None:  # the offline preset without --logits
+        if not weights_available("clip-b16"):
+            raise _offline_logits_error()
+        name = "clip-b16"
+    return os.fspath(name)
+
+
+def vocabulary_embeddings(preset: str, kwargs: dict, classes: Sequence[Sequence[str]]
+                          ) -> dict[str, torch.Tensor] | None:
+    """``name -> (D,)`` float32 CPU text embeddings of every name the workers' logits model will
+    embed, computed here once (same model, dtype, templates and call as a worker's first image,
+    so the numbers are the same); ``None`` when the logits model takes no precomputed embeddings."""
+    from dslo.models import create_logits_model
+    from dslo.models.clip import normalize_classes as clip_groups
+
+    dtype = {} if kwargs.get("dtype") in (None, "auto") else {"dtype": kwargs["dtype"]}
+    model = create_logits_model(logits_model_name(preset, kwargs), device="auto", **dtype,
+                                **dict(kwargs.get("logits_options") or {}))
+    if not hasattr(model, "add_text_embeddings"):
+        return None
+    groups = clip_groups(query_classes(classes, kwargs["background"]))
+    names = list(dict.fromkeys(n for g in groups for n in g))
+    emb = model.text_embeddings(names).cpu()
+    return dict(zip(names, emb))
