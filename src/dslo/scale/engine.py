@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from dslo import remote
@@ -29,6 +30,33 @@ ENGINES = ("local", "ray")
 FAILURES_FILE = "dslo-failures.jsonl"
 INSTALL_HINT = ('--engine ray needs Ray Data, which is not installed; install it with '
                 'pip install "dslo[ray]" (or pip install "ray[data]")')
+
+
+@dataclass
+class WorkerStats:
+    """What one actor did: images segmented, seconds spent on them (read + model + write), the
+    wall-clock span from its first image's start to its last one's end, names it embedded itself."""
+
+    images: int = 0
+    busy: float = 0.0
+    first: float = math.inf
+    last: float = 0.0
+    texts: int = 0
+
+    def add(self, row: dict) -> None:
+        self.texts = max(self.texts, int(row["texts_encoded"]))
+        if row["status"] == "done":
+            self.images += 1
+            self.busy += row["seconds"]
+            self.first = min(self.first, row["started"])
+            self.last = max(self.last, row["started"] + row["seconds"])
+
+    def describe(self) -> str:
+        span = self.last - self.first if self.images else 0.0
+        rate = self.images / self.busy if self.busy else 0.0
+        share = 100.0 * self.busy / span if span > 0 else 100.0
+        return (f"{self.images} image(s), {rate:.2f} img/s while busy, busy {share:.0f}% of "
+                f"{span:.1f} s, {self.texts} text embedding(s) computed on the worker")
 
 
 def _positive_float(text: str) -> float:
@@ -167,7 +195,7 @@ def run_ray(args: argparse.Namespace, classes: list, kwargs: dict) -> int:
     todo = [it for it in items if it.stem not in done]
     stats = {"done": 0, "skipped": len(items) - len(todo), "failed": 0}
     failures: list[tuple[str, str]] = []
-    per_worker: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])  # images, busy s, texts
+    per_worker: dict[str, WorkerStats] = defaultdict(WorkerStats)
     startup = elapsed = 0.0
     writer = parquet.PartWriter(out) if args.format == "parquet" else None
 
@@ -185,13 +213,15 @@ def run_ray(args: argparse.Namespace, classes: list, kwargs: dict) -> int:
     failures_at = _write_failures(out, failures)
 
     n = stats["done"] + stats["failed"]
-    rate = f", {n / elapsed:.2f} img/s ({elapsed:.1f} s; Ray start-up {startup:.1f} s)" if n else ""
+    rate = ""
+    if n:
+        first = min((w.first for w in per_worker.values()), default=math.inf)
+        ready = f", first image started after {first - stats['pipeline_start']:.1f} s" if first < math.inf else ""
+        rate = f", {n / elapsed:.2f} img/s ({elapsed:.1f} s; Ray start-up {startup:.1f} s{ready})"
     print(f"dslo segment: {len(items)} image(s): {stats['done']} segmented, {stats['skipped']} "
           f"already done (skipped), {stats['failed']} failed{rate} -> {out}", file=sys.stderr)
-    for name, (count, busy, texts) in sorted(per_worker.items()):
-        print(f"  worker {name}: {int(count)} image(s), {count / busy if busy else 0:.2f} img/s "
-              f"while busy ({busy:.1f} s), {int(texts)} text embedding(s) computed on the worker",
-              file=sys.stderr)
+    for name, w in sorted(per_worker.items()):
+        print(f"  worker {name}: {w.describe()}", file=sys.stderr)
     if failures_at:
         print(f"failed: {', '.join(i for i, _ in failures)} (reasons in {failures_at})", file=sys.stderr)
     return 1 if failures or errors else 0
@@ -204,9 +234,11 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, stats, failures,
     from dslo.scale import plan
     from dslo.scale.worker import Job, SegmentWorker, read_sources
 
+    stats["pipeline_start"] = time.time()  # models and workers start from here
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the one bar
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
     workers, gpw, cpw = _resources(ray, args)
 
     embeddings = plan.vocabulary_embeddings(args.model, kwargs, classes)
@@ -232,17 +264,13 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, stats, failures,
             if stem in seen:  # defensive: Ray hands each output row over once
                 continue
             seen.add(stem)
-            w = per_worker[row["worker"]]
-            w[2] = max(w[2], row["texts_encoded"])
+            per_worker[row["worker"]].add(row)
             if row["status"] == "failed":
                 stats["failed"] += 1
                 failures.append((row["image"], row["error"]))
                 _print(f"dslo segment: failed {row['image']}: {row['error']}", bar)
             else:
                 stats["done"] += 1
-                if row["status"] == "done":
-                    w[0] += 1
-                    w[1] += row["seconds"]
                 if writer is not None and row["record"]:
                     writer.add(json.loads(row["record"]))
             bar.update(1)

@@ -21,7 +21,8 @@ from dslo import remote
 from dslo.outputs import output_location, outputs_exist, write_result
 
 # What every output row carries back to the driver.
-ROW_KEYS = ("stem", "image", "status", "error", "worker", "seconds", "texts_encoded", "record")
+ROW_KEYS = ("stem", "image", "status", "error", "worker", "started", "seconds", "texts_encoded",
+            "record")
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ class SegmentWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows: dict[str, list] = {k: [] for k in ROW_KEYS}
         for name, stem, data, error in zip(batch["name"], batch["stem"], batch["data"], batch["error"]):
-            t0 = time.perf_counter()
+            started, t0 = time.time(), time.perf_counter()
             status, err, rec = self._one(str(name), str(stem), bytes(data), str(error))
-            for key, value in zip(ROW_KEYS, (str(stem), str(name), status, err, self.name,
+            for key, value in zip(ROW_KEYS, (str(stem), str(name), status, err, self.name, started,
                                              time.perf_counter() - t0,
                                              getattr(self.seg.logits_model, "texts_encoded", 0), rec)):
                 rows[key].append(value)
