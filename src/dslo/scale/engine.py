@@ -117,7 +117,9 @@ def _start_ray(ray, address: str | None) -> tuple[bool, float]:
         kw["include_dashboard"] = False
     try:
         ray.init(address=address, **kw)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # Ray raises bare Exceptions too (e.g. a node start-up time-out)
+        if address is None:
+            raise RuntimeError(f"cannot start a local Ray: {exc}") from None
         raise RuntimeError(f"cannot join the Ray cluster at {address!r}: {exc}; start one with "
                            "`ray start --head` or leave --address out for a local Ray") from None
     return True, time.perf_counter() - t0
