@@ -246,7 +246,9 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stat
     workers, gpw, cpw = _resources(ray, args)
 
     emb_ref = ray.put(embeddings) if embeddings else None  # one copy, read by every worker
-    job = Job(args.model, kwargs, classes, out, kinds, args.format, args.overwrite)
+    # Absolute: a worker's working folder is not the driver's.
+    where = out.resolve() if isinstance(out, Path) else out
+    job = Job(args.model, kwargs, classes, where, kinds, args.format, args.overwrite)
 
     # Blocks small enough to spread over the workers and to stream, large enough not to drown
     # a million-image run in tasks.

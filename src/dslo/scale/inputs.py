@@ -82,7 +82,8 @@ def discover(inputs: Sequence[str], exclude: str | Path | None = None) -> tuple[
         local_exclude = None if remote.is_uri(exclude) else exclude
         images, errs = discover_inputs(local, exclude=local_exclude)
         errors += errs
-        items += [Item(str(im.path), str(im.path), im.stem.as_posix()) for im in images]
+        # Read by absolute path: a worker's working folder is not the driver's.
+        items += [Item(str(im.path.resolve()), str(im.path), im.stem.as_posix()) for im in images]
     found: dict[str, PurePosixPath] = {}
     for uri in uris:
         pairs, err = _uri_items(uri, str(exclude) if remote.is_uri(exclude) else None)

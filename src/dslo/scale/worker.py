@@ -38,6 +38,7 @@ class Job:
     format: str = "files"
     overwrite: bool = False
     started: float = field(default_factory=time.time)
+    cwd: str = field(default_factory=os.getcwd)  # relative model paths mean the driver's folder
 
 
 def read_sources(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,6 +75,8 @@ class SegmentWorker:
 
             embeddings = ray.get(embeddings)
         self.job = job
+        if os.path.isdir(job.cwd):  # one machine or a shared filesystem: paths as on the driver
+            os.chdir(job.cwd)
         self.seg = create_segmenter(job.preset, **job.kwargs)
         if embeddings:
             self.seg.logits_model.add_text_embeddings(embeddings)
