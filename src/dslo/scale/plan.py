@@ -46,18 +46,22 @@ def query_classes(classes: Sequence[Sequence[str]], background) -> list[list[str
     return ([background.stuff_class(user)] + user) if background.kind == "stuff" else user
 
 
-def logits_model_name(preset: str, kwargs: dict) -> str:
-    """The logits model ``create_segmenter(preset, **kwargs)`` would load."""
+def logits_model_spec(preset: str, kwargs: dict) -> tuple[str, dict]:
+    """The logits model ``create_segmenter(preset, **kwargs)`` would load: (name, options)."""
     from dslo.models import weights_available
-    from dslo.segmenter import _offline_logits_error, _resolve_preset
+    from dslo.presets import resolve_preset
+    from dslo.segmenter import _offline_logits_error
 
-    _, spec, implied = _resolve_preset(preset)
-    name = kwargs.get("logits") or implied.get("logits") or spec["logits"]
+    spec, implied = resolve_preset(preset)
+    name = kwargs.get("logits") or implied.get("logits") or spec.logits
     if name is None:  # the offline preset without --logits
         if not weights_available("clip-b16"):
             raise _offline_logits_error()
         name = "clip-b16"
-    return os.fspath(name)
+    options = {**spec.logits_options, **dict(kwargs.get("logits_options") or {})}
+    if kwargs.get("dtype") not in (None, "auto"):
+        options["dtype"] = kwargs["dtype"]
+    return os.fspath(name), options
 
 
 def vocabulary_embeddings(preset: str, kwargs: dict, classes: Sequence[Sequence[str]]
@@ -65,15 +69,14 @@ def vocabulary_embeddings(preset: str, kwargs: dict, classes: Sequence[Sequence[
     """``name -> (D,)`` float32 CPU text embeddings of every name the workers' logits model will
     embed, computed here once (same model, dtype, templates and call as a worker's first image,
     so the numbers are the same); ``None`` when the logits model takes no precomputed embeddings."""
+    from dslo.classes import normalize_classes
     from dslo.models import create_logits_model
-    from dslo.models.clip import normalize_classes as clip_groups
 
-    dtype = {} if kwargs.get("dtype") in (None, "auto") else {"dtype": kwargs["dtype"]}
-    model = create_logits_model(logits_model_name(preset, kwargs), device="auto", **dtype,
-                                **dict(kwargs.get("logits_options") or {}))
+    name, options = logits_model_spec(preset, kwargs)
+    model = create_logits_model(name, device="auto", **options)
     if not hasattr(model, "add_text_embeddings"):
         return None
-    groups = clip_groups(query_classes(classes, kwargs["background"]))
+    groups = normalize_classes(query_classes(classes, kwargs["background"]))
     names = list(dict.fromkeys(n for g in groups for n in g))
     emb = model.text_embeddings(names).cpu()
     return dict(zip(names, emb))
