@@ -17,7 +17,8 @@ masks, overlays and JSON into a fresh folder. Columns:
 - ``img/s``: images over the whole command; ``steady img/s``: images over the time the engine
   was segmenting (local: after the models loaded, text embeddings excluded; Ray: from the first
   image's start to the last one's end).
-- ``s/img in worker``: read + segment + write, per image, as timed inside the worker.
+- ``s/img in worker``: decode + segment + write, per image, as timed inside the worker (local:
+  the same over the whole run after the models loaded).
 - ``Ray overhead``: the share of a worker's span (first image start to last image end) it was not
   busy with an image, relative to its busy time: what the pipeline adds per image.
 

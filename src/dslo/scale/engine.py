@@ -34,7 +34,7 @@ INSTALL_HINT = ('--engine ray needs Ray Data, which is not installed; install it
 
 @dataclass
 class WorkerStats:
-    """What one actor did: images segmented, seconds spent on them (read + model + write), the
+    """What one actor did: images segmented, seconds spent on them (decode + segment + write), the
     wall-clock span from its first image's start to its last one's end, names it embedded itself."""
 
     images: int = 0
