@@ -54,8 +54,20 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
+    return _decode(path, path)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """:func:`read_image_file` for an image file's bytes (read elsewhere, e.g. from object
+    storage); ``name`` is what errors call it. The same pixels as reading the file."""
+    import io
+
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # force decoding now, so truncated files fail here
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
@@ -63,7 +75,7 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
                               MultiFrameWarning, stacklevel=2)
             return _pil_to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+        raise ImageReadError(f"cannot read image {name}: {exc}") from exc
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:

@@ -20,8 +20,9 @@ from typing import Iterable, Sequence
 
 from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
+from dslo.outputs import OUTPUT_KINDS, output_location, outputs_exist, write_result
+from dslo.remote import location
 
-OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
 DEFAULT_SAVE = "mask,overlay,json"
 _GLOB_CHARS = set("*?[")
 
@@ -35,7 +36,7 @@ class InputImage:
     stem: Path
 
     def output(self, out_dir: Path, kind: str) -> Path:
-        return out_dir / self.stem.parent / (self.stem.name + OUTPUT_KINDS[kind])
+        return output_location(out_dir, self.stem, kind)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +174,8 @@ def read_class_args(args: argparse.Namespace) -> list[list[str]]:
 
 
 def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset's") -> None:
-    p.add_argument("--output", "-o", required=True, metavar="DIR", type=Path, help="output folder")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", type=location,
+                   help="output folder (or a URI such as s3://bucket/out/)")
     p.add_argument("--save", type=parse_save, default=parse_save(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {DEFAULT_SAVE})")
@@ -194,33 +196,9 @@ def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset'
 
 def write_outputs(result, image: InputImage, out_dir: Path, kinds: Iterable[str],
                   request: dict | None = None) -> None:
-    """Write the requested outputs of one result, each atomically, each marked with the request
-    that produced it (:mod:`dslo.provenance`) so a rerun can tell whether it may reuse them."""
-    from dslo import outputs
-    from dslo.provenance import png_text, request_id
-
-    text = png_text(request) if request is not None else None
-    for kind in kinds:
-        path = image.output(out_dir, kind)
-        if kind == "mask":
-            outputs.save_mask(path, result.labels, len(result.class_names), result.background_index,
-                              text=text)
-        elif kind == "overlay":
-            outputs.atomic_save_image(path, result.overlay(), text=text)
-        elif kind == "json":
-            doc = result.to_dict(image_name=str(image.path))
-            if request is not None:
-                doc |= {"request": request, "request_id": request_id(request)}
-            outputs.save_json(path, doc)
-        elif kind == "scores":
-            rec = result.scores_record()
-            if request is not None:
-                rec["request_id"] = request_id(request)
-            outputs.atomic_torch_save(path, rec)
-
-
-def is_done(image: InputImage, out_dir: Path, kinds: Iterable[str]) -> bool:
-    return all(image.output(out_dir, k).is_file() for k in kinds)
+    """Write the requested outputs of one result, each atomically and marked with the request that
+    produced it (the writer every engine uses: :func:`dslo.outputs.write_result`)."""
+    write_result(result, out_dir, image.stem, kinds, image_name=str(image.path), request=request)
 
 
 def check_settings(args: argparse.Namespace, logits: str | None, attention: str | None) -> dict:
@@ -296,6 +274,9 @@ def register(subparsers) -> None:
     p.add_argument("--background-words", metavar="LIST",
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
     add_common_args(p)
+    from dslo.scale import add_engine_args
+
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -331,6 +312,20 @@ def _log(msg: str, bar) -> None:
         print(msg, file=sys.stderr)
 
 
+def segmenter_kwargs(args: argparse.Namespace, background) -> dict:
+    """``create_segmenter`` keyword arguments from the command line (the preset is ``args.model``)."""
+    overrides = dict(args.settings)
+    for key in ("logits", "attention", "mode"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if args.logits_options:
+        overrides["logits_options"] = dict(args.logits_options)
+    if args.attention_options:
+        overrides["attention_options"] = dict(args.attention_options)
+    return dict(device=args.device, dtype=args.dtype, max_side=args.max_side, background=background,
+                **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     from dslo.cli._args import quiet_libraries
     from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, stale_error
@@ -341,8 +336,13 @@ def run(args: argparse.Namespace) -> int:
     classes = read_class_args(args)
     background = parse_background(args.background, args.background_words)
     request = segment_request(args, classes, background)  # every setting checked: no model loaded yet
+    if args.engine != "local" or args.format != "files":
+        from dslo.scale import run_ray
+
+        return run_ray(args, classes, segmenter_kwargs(args, background), request)
     out_dir: Path = args.output
-    check_output_dir(out_dir)
+    if isinstance(out_dir, Path):
+        check_output_dir(out_dir)
     images, errors = discover_inputs(args.inputs, exclude=out_dir)
     errors += check_output_names({im.path: [im.output(out_dir, k) for k in OUTPUT_KINDS] for im in images},
                                  [im.path for im in images])
@@ -366,17 +366,8 @@ def run(args: argparse.Namespace) -> int:
     if todo:  # models are loaded only when there is work: a finished rerun returns at once
         from dslo.segmenter import create_segmenter
 
-        overrides = dict(args.settings)
-        for key in ("logits", "attention", "mode"):
-            if getattr(args, key):
-                overrides[key] = getattr(args, key)
-        if args.logits_options:
-            overrides["logits_options"] = dict(args.logits_options)
-        if args.attention_options:
-            overrides["attention_options"] = dict(args.attention_options)
         try:
-            seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                                   max_side=args.max_side, background=background, **overrides)
+            seg = create_segmenter(args.model, **segmenter_kwargs(args, background))
         except RuntimeError as exc:
             raise _with_offline_hint(exc, args) from exc
         from tqdm.auto import tqdm

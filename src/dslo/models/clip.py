@@ -101,6 +101,7 @@ class ClipLogitsModel:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.texts_encoded = 0  # names this model's text tower has embedded (cache misses)
         max_pos = int(model.config.text_config.max_position_embeddings)
         self._max_len = min(int(getattr(tokenizer, "model_max_length", max_pos) or max_pos), max_pos)
 
@@ -258,11 +259,24 @@ class ClipLogitsModel:
         embeddings. Cached per name for the life of the model."""
         todo = [n for n in dict.fromkeys(names) if n not in self._text_cache]
         if todo:
+            self.texts_encoded += len(todo)
             t = self.settings.templates
             emb = self._encode_texts([tpl.format(n) for n in todo for tpl in t]).view(len(todo), len(t), -1)
             for n, e in zip(todo, torch.nn.functional.normalize(emb.mean(1), dim=-1)):
                 self._text_cache[n] = e
         return torch.stack([self._text_cache[n] for n in names])
+
+    def add_text_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
+        """Seed the per-name cache with embeddings computed elsewhere: ``name -> (D,)`` float32,
+        rows of :meth:`text_embeddings` of the same CLIP and templates. Lets a driver embed a
+        vocabulary once and share it with many workers, whose text towers then stay idle."""
+        dim = int(self.model.config.projection_dim)
+        for name, emb in embeddings.items():
+            emb = torch.as_tensor(emb)
+            if emb.shape != (dim,):
+                raise ValueError(f"text embedding of {name!r} has shape {tuple(emb.shape)}; "
+                                 f"this CLIP's are ({dim},)")
+            self._text_cache[name] = emb.to(self.device, torch.float32)
 
     # ---- the contract -----------------------------------------------------------------------
     def logits(self, image: Any, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
