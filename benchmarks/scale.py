@@ -116,12 +116,13 @@ def run_engine(label: str, images: Path, clip: Path, out: Path, extra: list[str]
         workers = [w.groups() for w in _WORKER.finditer(proc.stderr)]
         if not m or not workers:
             raise RuntimeError(f"{label}: no summary in\n{proc.stderr[-3000:]}")
-        busy = [int(c) / float(r) for _, c, r, _, _ in workers]
         span = [float(s) for *_, s in workers]
+        busy = [int(pct) / 100.0 * sp for (_, _, _, pct, _), sp in zip(workers, span)]  # the rate is rounded
         row.update(startup_s=float(m.group(4)) + float(m.group(5)), ray_startup_s=float(m.group(4)),
                    steady_img_s=n / max(span), worker_s_per_img=sum(busy) / n,
                    overhead_pct=100.0 * (sum(span) - sum(busy)) / sum(busy),
-                   workers={w[0]: {"images": int(w[1]), "busy_pct": int(w[3])} for w in workers})
+                   workers={w[0]: {"images": int(w[1]), "busy_pct": int(w[3]), "span_s": float(w[4])}
+                            for w in workers})
     row["img_s"] = n / marks["wall"]
     return row
 

@@ -228,7 +228,10 @@ def test_killed_worker_is_replaced_and_every_image_written_once(tmp_path, inputs
     t.join(timeout=1)
     assert killed and killed[0][1] < 12, f"the worker was not killed mid-run: {killed}"
     assert "12 segmented, 0 already done (skipped), 0 failed" in capsys.readouterr().err
-    assert _tree(out) == _tree(reference)
+    # A process killed in the middle of an atomic write leaves its hidden temporary file (never
+    # taken for an output); everything else is exactly the local engine's outputs.
+    visible = [r for r in _tree(out) if not (Path(r).name.startswith(".") and r.endswith(".tmp"))]
+    assert visible == _tree(reference)
     _same_bytes(out, reference, _tree(reference))
 
 
