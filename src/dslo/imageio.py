@@ -71,7 +71,7 @@ def _decode(source, name) -> np.ndarray:
             img.load()  # force decoding now, so truncated files fail here
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
-                warnings.warn(f"{path} has {frames} frames (animated); only the first frame is used",
+                warnings.warn(f"{name} has {frames} frames (animated); only the first frame is used",
                               MultiFrameWarning, stacklevel=2)
             return _pil_to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
