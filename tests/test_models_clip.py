@@ -10,12 +10,6 @@ import torch.nn.functional as F
 
 from dslo.models import create_attention_model, create_logits_model
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.testing import make_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +203,7 @@ def test_clip_attention_shares_a_loaded_model(small, image):
     src = create_attention_model("clip", device="cpu", clip=small, dtype="auto")  # agreeing dtype is fine
     assert src.clip is small
     calls = []
-    hook = small.model.vision_model.embeddings.register_forward_hook(lambda *a: calls.append(1))
+    hook = small.model.vision_model.embeddings.patch_embedding.register_forward_hook(lambda *a: calls.append(1))
     try:
         fresh = image.copy()
         fresh[0, 0] = 255 - fresh[0, 0]  # pixels this model has not seen yet

@@ -92,14 +92,26 @@ def read_classes_file(path: str | os.PathLike) -> list[list[str]]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
     except UnicodeDecodeError as exc:
         raise ValueError(f"classes file {path} is not UTF-8 text: {exc}") from exc
+    return parse_class_lines(text, str(path))
+
+
+def parse_class_lines(text: str, source: str = "<text>") -> list[list[str]]:
+    """The text of a classes file → ``K`` synonym lists (the one parser of class lines).
+
+    One class per line, synonyms comma-separated; blank lines and ``#`` comment lines are skipped;
+    the result is checked by :func:`validate_classes`. Errors name ``source`` and the line.
+
+    >>> parse_class_lines("# provenance\\nsky\\nperson, man, woman\\n")
+    [['sky'], ['person', 'man', 'woman']]
+    """
     classes = [
-        _split_synonyms(line, f"{path}, line {lineno}")
+        _split_synonyms(line, f"{source}, line {lineno}")
         for lineno, line in enumerate(text.splitlines(), start=1)
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not classes:
-        raise ValueError(f"classes file {path} has no classes: write one class per line")
-    return validate_classes(classes, source=str(path))
+        raise ValueError(f"classes file {source} has no classes: write one class per line")
+    return validate_classes(classes, source=source)
 
 
 def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class list") -> list[list[str]]:
@@ -140,13 +152,33 @@ def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class 
     return out
 
 
+_CLASS_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".names", ".lst", ".list", ".text", ".classes")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a classes string is meant as a file path: one item (no comma) that ends in a
+    text-file suffix or starts like a path (``/``, ``./``, ``../``, ``~/``)."""
+    t = text.strip()
+    if not t or "," in t or "\n" in t:
+        return False
+    return t.lower().endswith(_CLASS_FILE_SUFFIXES) or t.startswith(("/", "./", "../", "~/", "~\\", ".\\"))
+
+
 def normalize_classes(classes: ClassesLike) -> list[list[str]]:
-    """Any accepted class form → ``K`` synonym lists (see the module docstring)."""
+    """Any accepted class form → ``K`` synonym lists (see the module docstring). The one meaning
+    of a class list in dslo: the segmenter, the CLIP logits model and the class files all use it.
+
+    >>> normalize_classes("cat, dog")              # a string: one class per comma
+    [['cat'], ['dog']]
+    >>> normalize_classes(["cat", "dog, puppy"])   # an item: one class, commas separate synonyms
+    [['cat'], ['dog', 'puppy']]
+    """
     if isinstance(classes, os.PathLike):
         return read_classes_file(classes)
     if isinstance(classes, str):
-        if classes.strip().lower().endswith(".txt") and os.path.isfile(classes.strip()):
-            return read_classes_file(classes.strip())
+        if looks_like_path(classes):
+            # A mistyped file name must not become one class named after the file.
+            return read_classes_file(os.path.expanduser(classes.strip()))
         return parse_class_string(classes)
     if isinstance(classes, (bytes, bytearray)):
         raise TypeError("classes must be text, not bytes")

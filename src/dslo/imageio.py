@@ -4,6 +4,7 @@ uint8 RGB numpy array. Shared by the models, the segmenter and the evaluation ha
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -15,8 +16,16 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Any]  # Any: torch.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
+# Float images must lie in [0, 1]; this much rounding slack is accepted (values then clipped).
+FLOAT_TOLERANCE = 1e-3
+
+
 class ImageReadError(ValueError):
     """An image file could not be read (missing, truncated, not an image)."""
+
+
+class MultiFrameWarning(UserWarning):
+    """An animated or multi-page image file: only its first frame is segmented."""
 
 
 def _pil_to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -45,12 +54,28 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
+    return _decode(path, path)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """:func:`read_image_file` for an image file's bytes (read elsewhere, e.g. from object
+    storage); ``name`` is what errors call it. The same pixels as reading the file."""
+    import io
+
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # force decoding now, so truncated files fail here
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                warnings.warn(f"{name} has {frames} frames (animated); only the first frame is used",
+                              MultiFrameWarning, stacklevel=2)
             return _pil_to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+        raise ImageReadError(f"cannot read image {name}: {exc}") from exc
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
@@ -85,7 +110,13 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         elif np.issubdtype(arr.dtype, np.floating):
             if not np.isfinite(arr).all():
                 raise ValueError("image contains NaN or infinite values")
-            out = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+                # A 0..255 float image would otherwise be clipped to white without a word.
+                hint = (" (it looks like 0..255: divide by 255 or convert to uint8)" if hi <= 255.0 + FLOAT_TOLERANCE
+                        and lo >= -FLOAT_TOLERANCE else "")
+                raise ValueError(f"a float image must have values in [0, 1]; got [{lo:g}, {hi:g}]{hint}")
+            out = np.clip(np.round(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
         elif arr.dtype == np.uint16:
             out = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
         elif arr.dtype == np.bool_:
@@ -115,6 +146,20 @@ def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
-    """Image files under a folder, recursively, sorted."""
+    """Image files under a folder, recursively, sorted. Symbolic links are followed alike for
+    files and folders; a folder reached twice (a link loop, or two links to one folder) is read
+    once."""
     root = Path(path)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []  # a loop or a second way into the same folder
+            continue
+        seen.add(real)
+        dirnames.sort()
+        d = Path(dirpath)
+        found += [d / f for f in filenames
+                  if Path(f).suffix.lower() in IMAGE_SUFFIXES and (d / f).is_file()]
+    return sorted(found)

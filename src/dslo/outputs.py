@@ -1,7 +1,8 @@
 """Writing segmentation results: palette mask PNGs, overlays with a legend, JSON with COCO RLE,
 score tensors. Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``), so an interrupted run never leaves a half-written output that a resumed run would
-mistake for a finished one.
+mistake for a finished one. A ``scheme://`` URI instead of a path writes through pyarrow's
+filesystems (:mod:`dslo.remote`), just as atomically.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import json
 import os
 import tempfile
 import warnings
-from pathlib import Path
-from typing import Callable, Sequence
+from pathlib import Path, PurePath
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dslo import remote
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writing
@@ -34,8 +37,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     Parent folders are created. On any error the temporary file is removed and ``path`` is
-    left as it was.
+    left as it was. ``path`` may be a URI (``s3://...``, ``file://...``): see :mod:`dslo.remote`.
     """
+    if remote.is_uri(path):
+        return remote.write_atomic(path, write)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,9 +70,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str = "PNG") -> Path:
+def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str = "PNG",
+                      text: dict[str, str] | None = None) -> Path:
+    """Save ``image`` atomically; ``text``: PNG text chunks (e.g. what produced the image)."""
     # The format is explicit because the temporary file's suffix says nothing about it.
-    return atomic_write(path, lambda f: image.save(f, format=format))
+    kw = {}
+    if text and format.upper() == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            info.add_itxt(k, v)  # iTXt: UTF-8, so non-ASCII class names survive
+        kw["pnginfo"] = info
+    return atomic_write(path, lambda f: image.save(f, format=format, **kw))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path:
@@ -152,16 +167,44 @@ def mask_image(labels: np.ndarray, num_classes: int, background_index: int | Non
 
 
 def save_mask(path: str | os.PathLike, labels: np.ndarray, num_classes: int,
-              background_index: int | None = None) -> Path:
-    """Save ``(H, W)`` class ids as a PNG (index = class id), atomically."""
-    return atomic_save_image(path, mask_image(labels, num_classes, background_index))
+              background_index: int | None = None, text: dict[str, str] | None = None) -> Path:
+    """Save ``(H, W)`` class ids as a PNG (index = class id), atomically (``text``: PNG text chunks)."""
+    return atomic_save_image(path, mask_image(labels, num_classes, background_index), text=text)
 
 
 # ---------------------------------------------------------------------------------------------
 # Overlay with legend
 
 
+# Legend fonts, best first: wide-coverage system fonts (CJK, then general Unicode), then the
+# DejaVu Sans shipped with dslo (Latin, Greek, Cyrillic, ...). Pillow's built-in default covers
+# ASCII only and draws every other character as a box. $DSLO_FONT names another TrueType file.
+_SYSTEM_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/arialuni.ttf",
+    "C:/Windows/Fonts/seguisym.ttf",
+)
+SHIPPED_FONT = Path(__file__).resolve().parent / "fonts" / "DejaVuSans.ttf"
+
+
+def font_candidates() -> list[Path]:
+    """TrueType files to try for the legend, in order."""
+    env = os.environ.get("DSLO_FONT")
+    return [Path(p) for p in ((env,) if env else ()) + _SYSTEM_FONTS] + [SHIPPED_FONT]
+
+
 def _font(size: int) -> ImageFont.ImageFont:
+    for path in font_candidates():
+        if path.is_file():
+            try:
+                return ImageFont.truetype(str(path), size=size)
+            except (OSError, ImportError):  # unreadable font file, or Pillow without FreeType
+                continue
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
     except (TypeError, OSError, ImportError):
@@ -280,3 +323,59 @@ def result_json(image: str | None, labels: np.ndarray, class_names: Sequence[str
 
 def save_json(path: str | os.PathLike, doc: dict) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# One image's output files (shared by every engine of `dslo segment` and by `dslo refine`)
+
+OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
+
+
+def output_location(out_dir: str | os.PathLike, stem: str | PurePath, kind: str) -> Path | str:
+    """Where output ``kind`` of the image with output stem ``stem`` (a relative path without
+    suffix) goes: a ``Path`` under a local folder, or a URI string under a URI."""
+    name = PurePath(stem).as_posix() + OUTPUT_KINDS[kind]
+    if remote.is_uri(out_dir):
+        return remote.join(str(out_dir), name)
+    return Path(out_dir) / name
+
+
+def write_result(result, out_dir: str | os.PathLike, stem: str | PurePath, kinds: Iterable[str],
+                 image_name: str | None, request: dict | None = None) -> None:
+    """Write the requested outputs of one ``SegmentationResult``, each atomically.
+
+    The one writer of ``dslo segment``'s files, whichever engine runs it, so the same result gives
+    the same bytes. ``image_name`` is what the JSON's ``image`` field records; ``request`` (a
+    JSON-able record of what produced the result, see :mod:`dslo.provenance`) is stamped into every
+    file so that a rerun can tell whether it may reuse them.
+    """
+    from dslo.provenance import png_text, request_id
+
+    text = png_text(request) if request is not None else None
+    for kind in kinds:
+        path = output_location(out_dir, stem, kind)
+        if kind == "mask":
+            save_mask(path, result.labels, len(result.class_names), result.background_index, text=text)
+        elif kind == "overlay":
+            atomic_save_image(path, result.overlay(), text=text)
+        elif kind == "json":
+            doc = result.to_dict(image_name=image_name)
+            if request is not None:
+                doc |= {"request": request, "request_id": request_id(request)}
+            save_json(path, doc)
+        elif kind == "scores":
+            rec = result.scores_record()
+            if request is not None:
+                rec["request_id"] = request_id(request)
+            atomic_torch_save(path, rec)
+        else:
+            raise ValueError(f"unknown output kind {kind!r}; choose from {', '.join(OUTPUT_KINDS)}")
+
+
+def outputs_exist(out_dir: str | os.PathLike, stem: str | PurePath, kinds: Iterable[str]) -> bool:
+    """Whether every requested output of ``stem`` is there (what makes an image "done")."""
+    for kind in kinds:
+        loc = output_location(out_dir, stem, kind)
+        if not (remote.exists(loc) if isinstance(loc, str) else loc.is_file()):
+            return False
+    return True

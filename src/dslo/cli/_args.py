@@ -21,3 +21,40 @@ def parse_setting(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key, value
+
+
+MODE_HELP = "head mode (default: the preset's); `dslo models` lists the modes"
+
+
+def mode_arg(text: str) -> str:
+    """``--mode``: a key of the head's mode table (imported on use, so building the parser stays
+    free of torch)."""
+    from dslo.head import MODES
+
+    if text not in MODES:
+        from dslo.errors import did_you_mean
+
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {text!r}: choose one of {', '.join(MODES)}{did_you_mean(text, MODES)}")
+    return text
+
+
+def quiet_libraries() -> None:
+    """Silence the progress bars that transformers / huggingface_hub draw while loading models
+    (``--quiet`` means no bars at all)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - a dependency
+        pass

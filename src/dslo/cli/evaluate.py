@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import parse_setting
+from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 
 
 def _positive_float(text: str) -> float:
@@ -47,23 +47,30 @@ def register(subparsers) -> None:
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--model", default="default", metavar="PRESET",
                    help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
-    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
+    p.add_argument("--logits", metavar="NAME|DIR",
+                   help="logits model (CLIP) replacing the preset's; naclip-b16, sclip-b16, clearclip-b16, "
+                        "maskclip-b16, proxyclip-b16 run another method (docs/methods.md)")
     p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--mode", choices=("mv", "op", "kl", "none"), help="head mode (default: the preset's)")
+    p.add_argument("--mode", type=mode_arg, metavar="MODE", help=MODE_HELP)
     p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
+                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6; "
+                                             "--set post=pamr adds PAMR after the head (or after the logits "
+                                             "with --mode none)")
     p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
                    default=[], metavar="KEY=VALUE",
-                   help="a logits-model setting (repeatable), e.g. --logits-option attention=qk")
+                   help="a logits-model setting (repeatable), e.g. --logits-option method=naclip, "
+                        "--logits-option pos_interp=peer")
     p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
                    default=[], metavar="KEY=VALUE",
                    help="an attention-model setting (repeatable), e.g. --attention-option resolution=768")
-    p.add_argument("--class-file", metavar="FILE", help="class names replacing the shipped file")
+    p.add_argument("--class-file", "--classes-file", dest="class_file", metavar="FILE",
+                   help="class names replacing the shipped file")
     p.add_argument("--background-threshold", type=_positive_float, metavar="P",
                    help="VOC21/Context60/COCO-Object: instead of the background class, send pixels "
                         "whose max CLIP class probability is below P to background")
     p.add_argument("--short-side", type=int, metavar="N",
-                   help="CLIP input short side (default: the benchmark's, 336; Cityscapes 560)")
+                   help="CLIP input short side (default: the method's published one for a peer method, "
+                        "else the benchmark's, 336; Cityscapes 560)")
     p.add_argument("--max-side", type=_max_side, default=None, metavar="N",
                    help="downscale larger images to this side for the models (default: the "
                         "benchmark's, 1024; Cityscapes 1120; 0 = never)")
@@ -106,12 +113,15 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
     from dslo.eval.protocol import describe_segmenter, eval_request
     from dslo.eval.runner import Shard, evaluate
 
+    from dslo.models.registry import logits_method
+
     ds = get_dataset(name, data_root, args.split, class_file=args.class_file)
     overrides = _overrides(args)
     request = eval_request(
         ds, model=args.model, logits=args.logits, attention=args.attention, overrides=overrides,
         background_threshold=args.background_threshold, short_side=args.short_side,
         max_side="default" if args.max_side is None else (args.max_side or None),
+        method=logits_method(args.logits, dict(args.logits_options)),
     )
     resize = request["resize"]
 
@@ -156,6 +166,16 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    from dslo.cli.segment import check_settings
+    from dslo.presets import PRESETS
+
+    preset = PRESETS.get(args.model)  # every setting checked before any model loads
+    check_settings(args, args.logits or (preset.logits if preset else None) or "clip-b16",
+                   args.attention or (preset.attention if preset else None))
+    if args.quiet:
+        from dslo.cli._args import quiet_libraries
+
+        quiet_libraries()
     _SEGMENTERS.clear()
     try:
         return _run(args)

@@ -15,7 +15,6 @@ from dslo.cli.segment import (
     InputImage,
     add_class_args,
     add_common_args,
-    is_done,
     read_class_args,
     write_outputs,
 )
@@ -55,15 +54,29 @@ def load_logits(path: str | Path):
             t = obj
         else:
             raise ValueError(f"logits file {path} must end in .npy, .pt or .pth")
-    except (OSError, RuntimeError, EOFError) as exc:  # truncated or foreign files
-        raise ValueError(f"cannot read logits file {path}: {exc}") from exc
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe (pickled code) files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read logits file {path}: {first} (expected a (K, h, w) float "
+                         "tensor saved with numpy.save or torch.save)") from exc
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 3:
         raise ValueError(f"logits in {path} must be (K, h, w); got shape {tuple(t.shape)}")
     if not (t.is_floating_point()):
         raise ValueError(f"logits in {path} must be floating point; got {t.dtype}")
+    if 0 in t.shape:
+        raise ValueError(f"logits in {path} are empty: shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"logits in {path} contain NaN or infinite values")
     return t.float()
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
 
 
 def register(subparsers) -> None:
@@ -82,28 +95,53 @@ def register(subparsers) -> None:
                    help="attention model (default dinov2-reg-b14; focus-s14 runs offline)")
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default) or a probability threshold on softmax(40 * logits), e.g. 0.5")
-    add_common_args(p)
+    add_common_args(p, mode_default="mv")
     p.set_defaults(func=run, mode="mv")
 
 
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
     from dslo.models import create_attention_model
-    from dslo.segmenter import Segmenter, check_model_name, resolve_device
+    from dslo.models.registry import check_model_name
+    from dslo.models.weights import resolve_device
+    from dslo.segmenter import Segmenter
+
+    from dslo.cli._args import quiet_libraries
+    from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, remove_files, stale_error
+    from dslo.cli.segment import OUTPUT_KINDS, check_settings
+    from dslo.imageio import to_rgb_array
 
     classes = read_class_args(args)
     background = parse_background(args.background)
-    logits = load_logits(args.logits_file)
+    logits = load_logits(args.logits_file)  # NaN, shape and type checked before any model loads
     if logits.shape[0] != len(classes):
         raise ValueError(
             f"{args.logits_file} has {logits.shape[0]} class maps but {len(classes)} classes were "
             "given; pass the classes in the order of the logits"
         )
+    head = check_settings(args, None, args.attention)
+    to_rgb_array(args.image)  # a missing or broken image fails now, not after the model loads
+    request = {
+        "command": "refine", "classes": [list(c) for c in classes], "background": background.describe(),
+        "logits_file": str(args.logits_file), "logits_sha256": _digest(args.logits_file),
+        "attention": str(args.attention), "mode": args.mode, "head": head,
+        "attention_options": dict(sorted(dict(args.attention_options).items())), "max_side": args.max_side,
+    }
+    check_output_dir(args.output)
     image = InputImage(args.image, Path(args.image.stem))
-    if not args.overwrite and is_done(image, args.output, args.save):
-        print(f"dslo refine: outputs for {args.image} exist in {args.output}; use --overwrite to redo",
-              file=sys.stderr)
+    errors = check_output_names({image.path: [image.output(args.output, k) for k in OUTPUT_KINDS]}, [image.path])
+    if errors:
+        raise ValueError(errors[0])
+    plan = plan_resume([image], lambda im, k: im.output(args.output, k), args.save, list(OUTPUT_KINDS),
+                       request, overwrite=args.overwrite)
+    if plan.stale:
+        raise stale_error(plan, 1, args.output)
+    if plan.done:
+        print(f"dslo refine: outputs for {args.image} made by this same request exist in {args.output}; "
+              "use --overwrite to redo", file=sys.stderr)
         return 0
+    if args.quiet:
+        quiet_libraries()
     device = resolve_device(args.device)
     check_model_name("attention", args.attention)
     attention = create_attention_model(args.attention, device=str(device), **dict(args.attention_options))
@@ -112,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                     info={"preset": None, "logits": f"file:{args.logits_file}",
                           "attention": str(args.attention), "device": str(device)})
     result = seg.refine(logits.to(device), args.image, classes)
-    write_outputs(result, image, args.output, args.save)
+    write_outputs(result, image, args.output, args.save, request)
+    remove_files(plan.remove.get(image, ()))
     print(f"dslo refine: wrote {', '.join(args.save)} for {args.image} -> {args.output}", file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--pred", required=True, type=Path, metavar="DIR", help="folder of predicted masks")
     p.add_argument("--output", "-o", type=Path, metavar="FILE",
                    help="write the JSON here (default: print it to stdout)")
-    p.add_argument("--class-file", metavar="FILE", help="class names to report (default: the shipped file)")
+    p.add_argument("--class-file", "--classes-file", dest="class_file", metavar="FILE",
+                   help="class names to report (default: the shipped file)")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N images of the split")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -2,7 +2,9 @@
 
 Outputs per image, under ``--output`` (folder inputs keep their relative paths):
 ``STEM.png`` (palette mask, index = class id), ``STEM.overlay.png``, ``STEM.json``,
-``STEM.scores.pt``. A rerun skips images whose outputs all exist (``--overwrite`` redoes them).
+``STEM.scores.pt``. Each output records the request that made it (:mod:`dslo.provenance`); a
+rerun skips images whose outputs all exist and were made by the same request, and refuses a folder
+holding outputs of another request unless ``--overwrite`` (which redoes them).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dslo.cli._args import parse_setting
+from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
+from dslo.outputs import OUTPUT_KINDS, output_location, outputs_exist, write_result
+from dslo.remote import location
 
-OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
 DEFAULT_SAVE = "mask,overlay,json"
 _GLOB_CHARS = set("*?[")
 
@@ -33,7 +36,7 @@ class InputImage:
     stem: Path
 
     def output(self, out_dir: Path, kind: str) -> Path:
-        return out_dir / self.stem.parent / (self.stem.name + OUTPUT_KINDS[kind])
+        return output_location(out_dir, self.stem, kind)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,6 +79,10 @@ def discover_inputs(inputs: Sequence[str], exclude: str | os.PathLike | None = N
     for raw in inputs:
         p = Path(raw).expanduser()
         if p.is_dir():
+            if _inside(p, excl):
+                errors.append(f"{raw}: this folder is the output folder or inside it; choose an "
+                              "--output outside the input folders (a folder inside one is fine)")
+                continue
             imgs = [f for f in list_images(p) if not _inside(f, excl)]
             if not imgs:
                 errors.append(f"{raw}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -101,20 +108,32 @@ def discover_inputs(inputs: Sequence[str], exclude: str | os.PathLike | None = N
     for path, rel in unique.values():
         by_stem.setdefault(rel.with_suffix(""), []).append((path, rel))
     images: list[InputImage] = []
-    taken: dict[Path, Path] = {}
-    for stem, group in by_stem.items():
+    taken: dict[Path, Path] = {}  # output file name (relative) -> the input writing it
+    # Shorter stems first, so x.png keeps x.* and x.overlay.png (whose mask x.overlay.png would be
+    # x.png's overlay) is the one that moves to x.overlay.png.*.
+    for stem, group in sorted(by_stem.items(), key=lambda kv: (len(kv[0].parts), len(str(kv[0])), str(kv[0]))):
         for path, rel in group:
             # photo.jpg and photo.png in one folder: keep the suffix in the stem to tell them apart.
-            s = stem if len(group) == 1 else rel.parent / rel.name
-            if s in taken:
+            candidates = [stem, rel.parent / rel.name] if len(group) == 1 else [rel.parent / rel.name]
+            chosen = next((c for c in candidates if not any(n in taken for n in _output_names(c))), None)
+            if chosen is None:
+                c = candidates[-1]
+                other = next(taken[n] for n in _output_names(c) if n in taken)
                 errors.append(
-                    f"{path}: its outputs would overwrite those of {taken[s]} (both map to {s}); "
-                    "pass their common parent folder instead so relative paths are kept"
+                    f"{path}: its outputs would overwrite those of {other} (both write "
+                    f"{next(n for n in _output_names(c) if n in taken)}); pass their common parent "
+                    "folder instead so relative paths are kept, or rename one"
                 )
                 continue
-            taken[s] = path
-            images.append(InputImage(path, s))
+            for n in _output_names(chosen):
+                taken[n] = path
+            images.append(InputImage(path, chosen))
     return images, errors
+
+
+def _output_names(stem: Path) -> list[Path]:
+    """Every output file name an image with this stem may write (all kinds)."""
+    return [stem.parent / (stem.name + suffix) for suffix in OUTPUT_KINDS.values()]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,7 +161,7 @@ def add_class_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--classes", metavar="LIST",
                    help='class names separated by commas, e.g. "cat, dog, potted plant"')
-    g.add_argument("--classes-file", metavar="FILE", type=Path,
+    g.add_argument("--classes-file", "--class-file", dest="classes_file", metavar="FILE", type=Path,
                    help="text file: one class per line, synonyms separated by commas")
 
 
@@ -154,13 +173,14 @@ def read_class_args(args: argparse.Namespace) -> list[list[str]]:
     return parse_class_string(args.classes)
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", required=True, metavar="DIR", type=Path, help="output folder")
+def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset's") -> None:
+    p.add_argument("--output", "-o", required=True, metavar="DIR", type=location,
+                   help="output folder (or a URI such as s3://bucket/out/)")
     p.add_argument("--save", type=parse_save, default=parse_save(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {DEFAULT_SAVE})")
-    p.add_argument("--mode", choices=("mv", "op", "kl", "none"),
-                   help="head: mv = maximum velocity, op = optimal path (default: the preset's)")
+    p.add_argument("--mode", type=mode_arg, metavar="MODE",
+                   help=MODE_HELP.replace("the preset's", mode_default))
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
                    help="downscale larger images to this side for the models; masks stay at full "
@@ -174,22 +194,57 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-def write_outputs(result, image: InputImage, out_dir: Path, kinds: Iterable[str]) -> None:
-    """Write the requested outputs of one result, each atomically."""
-    for kind in kinds:
-        path = image.output(out_dir, kind)
-        if kind == "mask":
-            result.save_mask(path)
-        elif kind == "overlay":
-            result.save_overlay(path)
-        elif kind == "json":
-            result.save_json(path, image_name=str(image.path))
-        elif kind == "scores":
-            result.save_scores(path)
+def write_outputs(result, image: InputImage, out_dir: Path, kinds: Iterable[str],
+                  request: dict | None = None) -> None:
+    """Write the requested outputs of one result, each atomically and marked with the request that
+    produced it (the writer every engine uses: :func:`dslo.outputs.write_result`)."""
+    write_result(result, out_dir, image.stem, kinds, image_name=str(image.path), request=request)
 
 
-def is_done(image: InputImage, out_dir: Path, kinds: Iterable[str]) -> bool:
-    return all(image.output(out_dir, k).is_file() for k in kinds)
+def check_settings(args: argparse.Namespace, logits: str | None, attention: str | None) -> dict:
+    """Type- and range-check ``--set`` (by :class:`dslo.head.HeadConfig`) and the model options
+    before any model loads; returns the head's effective settings (the preset's, with ``--set``)."""
+    from dslo.errors import SettingsError
+    from dslo.head import HeadConfig
+    from dslo.models.options import check_model_options
+    from dslo.presets import PRESETS
+
+    settings = dict(args.settings)
+    settings.pop("mode", None)  # --set mode=op is --mode op
+    preset = PRESETS.get(getattr(args, "model", None) or "")
+    try:
+        head = (preset.head if preset is not None else HeadConfig()).replace(**settings).as_dict()
+    except SettingsError as exc:
+        raise SettingsError(f"--set: {exc}") from exc
+    check_model_options("logits", logits, dict(getattr(args, "logits_options", None) or {}))
+    check_model_options("attention", attention, dict(args.attention_options or {}))
+    return head
+
+
+def segment_request(args: argparse.Namespace, classes: list[list[str]], background) -> dict:
+    """What a ``dslo segment`` run asks for: everything that changes its outputs (classes,
+    background, models, mode, settings, sizes, dtype), with the preset's choices filled in and the
+    head settings validated, so equal requests compare equal and a bad setting fails before any
+    model loads. The outputs carry it (see :func:`write_outputs`)."""
+    from dslo.presets import PRESETS
+
+    preset = PRESETS.get(args.model)
+    p_logits, p_attention, p_mode = (preset.logits, preset.attention, preset.mode) if preset else (None, None, None)
+    head = check_settings(args, args.logits or p_logits or "clip-b16", args.attention or p_attention)
+    return {
+        "command": "segment",
+        "classes": [list(c) for c in classes],
+        "background": background.describe(),
+        "preset": args.model,
+        "logits": args.logits or p_logits,
+        "attention": args.attention or p_attention,
+        "mode": args.mode or dict(args.settings).get("mode") or p_mode,
+        "head": head,
+        "logits_options": dict(sorted(dict(args.logits_options).items())),
+        "attention_options": dict(sorted(dict(args.attention_options).items())),
+        "max_side": args.max_side,
+        "dtype": args.dtype,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +274,35 @@ def register(subparsers) -> None:
     p.add_argument("--background-words", metavar="LIST",
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
     add_common_args(p)
+    from dslo.scale import add_engine_args
+
+    add_engine_args(p)
     p.set_defaults(func=run)
+
+
+def _with_offline_hint(exc: RuntimeError, args: argparse.Namespace) -> RuntimeError:
+    """A preset's weights missing: also name the way to run with no download at all."""
+    from dslo.models import WeightsNotFoundError
+
+    if not isinstance(exc, WeightsNotFoundError) or args.model == "offline":
+        return exc
+    hint = ("  - or run with no download: `--model offline --logits DIR` (DIR: any local CLIP folder; "
+            "the offline preset's focus-s14 attention ships with dslo); `dslo models` lists what is here")
+    return WeightsNotFoundError(f"{exc}\n{hint}")
+
+
+def _release_memory() -> None:
+    """After an allocation failure: drop what the failed image left behind before the next one."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _log(msg: str, bar) -> None:
@@ -229,39 +312,67 @@ def _log(msg: str, bar) -> None:
         print(msg, file=sys.stderr)
 
 
+def segmenter_kwargs(args: argparse.Namespace, background) -> dict:
+    """``create_segmenter`` keyword arguments from the command line (the preset is ``args.model``)."""
+    overrides = dict(args.settings)
+    for key in ("logits", "attention", "mode"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if args.logits_options:
+        overrides["logits_options"] = dict(args.logits_options)
+    if args.attention_options:
+        overrides["attention_options"] = dict(args.attention_options)
+    return dict(device=args.device, dtype=args.dtype, max_side=args.max_side, background=background,
+                **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
+    from dslo.cli._args import quiet_libraries
+    from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, stale_error
     from dslo.classes import parse_background
 
+    if args.background_words and str(args.background).strip().lower() != "stuff":
+        raise ValueError("--background-words only applies with --background stuff; add it or drop the words")
     classes = read_class_args(args)
     background = parse_background(args.background, args.background_words)
+    request = segment_request(args, classes, background)  # every setting checked: no model loaded yet
+    if args.engine != "local" or args.format != "files":
+        from dslo.scale import run_ray
+
+        return run_ray(args, classes, segmenter_kwargs(args, background), request)
     out_dir: Path = args.output
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--output {out_dir} exists and is not a folder")
+    if isinstance(out_dir, Path):
+        check_output_dir(out_dir)
     images, errors = discover_inputs(args.inputs, exclude=out_dir)
+    errors += check_output_names({im.path: [im.output(out_dir, k) for k in OUTPUT_KINDS] for im in images},
+                                 [im.path for im in images])
     for e in errors:
         print(f"dslo segment: {e}", file=sys.stderr)
+    if errors and any("would overwrite the input" in e for e in errors):
+        return 1
     if not images:
         print("dslo segment: no images to process", file=sys.stderr)
         return 1
-    todo = images if args.overwrite else [im for im in images if not is_done(im, out_dir, args.save)]
-    done_before = len(images) - len(todo)
+    plan = plan_resume(images, lambda im, k: im.output(out_dir, k), args.save, list(OUTPUT_KINDS),
+                       request, overwrite=args.overwrite)
+    if plan.stale:
+        raise stale_error(plan, len(images), out_dir)
+    todo, done_before = plan.todo, len(plan.done)
+    if args.quiet:
+        quiet_libraries()
 
     failed: list[str] = []
     t0 = time.perf_counter()
     if todo:  # models are loaded only when there is work: a finished rerun returns at once
         from dslo.segmenter import create_segmenter
 
-        overrides = dict(args.settings)
-        for key in ("logits", "attention", "mode"):
-            if getattr(args, key):
-                overrides[key] = getattr(args, key)
-        if args.logits_options:
-            overrides["logits_options"] = dict(args.logits_options)
-        if args.attention_options:
-            overrides["attention_options"] = dict(args.attention_options)
-        seg = create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                               max_side=args.max_side, background=background, **overrides)
+        try:
+            seg = create_segmenter(args.model, **segmenter_kwargs(args, background))
+        except RuntimeError as exc:
+            raise _with_offline_hint(exc, args) from exc
         from tqdm.auto import tqdm
+
+        from dslo.cli._plan import remove_files
 
         bar = tqdm(todo, unit="img", file=sys.stderr, disable=True if args.quiet else None,
                    dynamic_ncols=True)
@@ -269,20 +380,29 @@ def run(args: argparse.Namespace) -> int:
         for im in bar:
             try:
                 result = seg.predict(im.path, classes)
-                write_outputs(result, im, out_dir, args.save)
+                write_outputs(result, im, out_dir, args.save, request)
+                remove_files(plan.remove.get(im, ()))  # kinds of the old run no longer saved
             except ImageReadError as exc:
                 failed.append(str(im.path))
                 _log(f"dslo segment: skipped {im.path}: {exc}", log_bar)
-            except (ValueError, RuntimeError, OSError) as exc:
+            except MemoryError as exc:  # one image too large: report it, keep the batch going
+                _release_memory()
                 failed.append(str(im.path))
-                _log(f"dslo segment: failed {im.path}: {type(exc).__name__}: {exc}", log_bar)
+                _log(f"dslo segment: failed {im.path}: out of memory ({exc or 'allocation failed'}); "
+                     "try a smaller --max-side", log_bar)
+            except (ValueError, RuntimeError, OSError, TypeError) as exc:
+                failed.append(str(im.path))
+                oom = "memory" in str(exc).lower()
+                _log(f"dslo segment: failed {im.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                     + ("; try a smaller --max-side" if oom else ""), log_bar)
         bar.close()
     elapsed = time.perf_counter() - t0
     n_new = len(todo) - len(failed)
     rate = f", {elapsed / len(todo):.2f} s/img" if todo else ""
+    redone = f" (--overwrite: every image redone)" if args.overwrite and todo else ""
     print(
         f"dslo segment: {len(images)} image(s): {n_new} segmented, {done_before} already done "
-        f"(skipped), {len(failed)} failed{rate} -> {out_dir}",
+        f"(skipped), {len(failed)} failed{rate}{redone} -> {out_dir}",
         file=sys.stderr,
     )
     if failed:

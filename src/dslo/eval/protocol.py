@@ -67,12 +67,20 @@ def eval_request(
     background_threshold: float | None = None,
     short_side: int | None = None,
     max_side: int | None | str = "default",
+    method: str | None = None,
 ) -> dict[str, Any]:
     """What the user asked for, fixed before any model is built. Two runs with the same request
-    make the same predictions, so a cache made under one request is valid for the other."""
+    make the same predictions, so a cache made under one request is valid for the other.
+
+    ``method``: the CLIP method of the logits model (``dslo.models.logits_method``); another
+    method than dslo records its published protocol, and its published input size is the
+    default short side."""
     d = BENCHMARK_DEFAULTS.get(dataset.name, BenchmarkDefaults())
     class_path = resolve_class_file(dataset.class_file)
-    return {
+    peer = method_record(method, dataset.name)
+    if short_side is None and peer is not None and isinstance(peer["short_side"], int):
+        short_side = peer["short_side"]
+    request = {
         "dataset": dataset.name,
         "title": DATASETS[dataset.name].title,
         "split": dataset.split,
@@ -96,6 +104,27 @@ def eval_request(
         },
         "metric": METRIC,
     }
+    if peer is not None:
+        peer["this_run"]["pamr"] = (overrides or {}).get("post") == "pamr"
+        request["method"] = peer
+    return request
+
+
+def method_record(method: str | None, dataset_name: str) -> dict[str, Any] | None:
+    """The published protocol of a peer method on this benchmark (None for dslo's own), with
+    what this run does instead: dslo evaluates every method on the whole image without PAMR,
+    so numbers differ from the published ones by what the sliding window and PAMR are worth."""
+    if method in (None, "dslo"):
+        return None
+    from dslo.models.clip_methods import PROTOCOLS, method_protocol
+
+    if method in PROTOCOLS and dataset_name in PROTOCOLS[method]["short_side"]:
+        rec = method_protocol(method, dataset_name)
+    else:  # a dataset the method never published on: no protocol to follow
+        rec = {**method_protocol(method), "short_side": None, "sliding_window": None,
+               "note": f"no published protocol for {dataset_name}; per benchmark: docs/methods.md"}
+    rec["this_run"] = {"sliding_window": False, "pamr": False}
+    return rec
 
 
 def request_key(request: dict[str, Any]) -> str:

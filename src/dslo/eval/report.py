@@ -43,7 +43,28 @@ def protocol_line(protocol: dict[str, Any]) -> str:
         f"(sha256 {str(protocol.get('class_file_sha256'))[:12]}) · reduce_zero_label "
         f"{protocol.get('reduce_zero_label')} · split {protocol.get('split')}, "
         f"{protocol.get('images')} images · head: {head_text}"
+        + _method_text(protocol.get("method"))
     )
+
+
+def _method_text(rec: dict[str, Any] | None) -> str:
+    """What a peer method's published numbers used that this whole-image run does not."""
+    if not rec:
+        return ""
+    slide = rec.get("sliding_window")
+    used = []
+    if isinstance(slide, dict):
+        used.append(f"sliding window {slide['crop']}/{slide['stride']}")
+    if rec.get("pamr"):
+        used.append("PAMR")
+    if rec.get("short_side") is None:
+        pub = "no published protocol for this benchmark"
+    elif used:
+        pub = f"its published numbers used {' and '.join(used)}"
+    else:
+        pub = "its published protocol is whole-image"
+    here = "PAMR" if (rec.get("this_run") or {}).get("pamr") else "no PAMR"
+    return f" · method {rec.get('method')} ({pub}; this run: whole image, {here})"
 
 
 def report_markdown(report: dict[str, Any]) -> str:

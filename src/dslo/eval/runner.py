@@ -62,7 +62,17 @@ def _check_request(output_dir: Path, request: dict[str, Any]) -> None:
     path = output_dir / REQUEST_FILE
     key = request_key(request)
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        pred_dir = output_dir / PRED_DIR
+        has_predictions = pred_dir.is_dir() and any(pred_dir.glob("*.png"))
+        if old.get("key") != key and not has_predictions:
+            # The run that wrote it produced nothing (e.g. it failed loading weights): nothing to
+            # protect, so a corrected retry takes the folder over.
+            old = {"key": key}
+            atomic_write_text(path, json.dumps({"key": key, "request": request}, indent=1))
         if old.get("key") != key:
             diff = sorted(
                 k for k in set(old.get("request", {})) | set(request)

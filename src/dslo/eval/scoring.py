@@ -38,14 +38,19 @@ def write_prediction(path: str | os.PathLike, labels: np.ndarray) -> Path:
 
 
 def read_prediction(path: str | os.PathLike) -> np.ndarray:
-    """A prediction PNG → ``(H, W)`` int64 train ids."""
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(
-                f"prediction {path} has mode {img.mode}; save single-channel label PNGs whose "
-                "pixel values are the dataset's train ids (not colour-coded masks)"
-            )
-        return np.array(img).astype(np.int64)
+    """A prediction PNG → ``(H, W)`` int64 train ids. A truncated or non-image file raises a
+    :class:`ValueError` naming it."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
+                raise ValueError(
+                    f"prediction {path} has mode {img.mode}; save single-channel label PNGs whose "
+                    "pixel values are the dataset's train ids (not colour-coded masks)"
+                )
+            return np.array(img).astype(np.int64)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read prediction {path} ({exc}); it is truncated or not a PNG: "
+                         "write it again (or delete it so that dslo eval predicts it again)") from exc
 
 
 def score_sample(acc: IoUAccumulator, sample: Sample, pred: np.ndarray) -> None:

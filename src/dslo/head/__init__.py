@@ -2,29 +2,33 @@
 
 Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinity ``(N, N)`` and
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
+Imports only torch and the leaf :mod:`dslo.errors`. The modes are one table,
+:data:`MODE_TABLE` (``dslo.head.modes``); the settings one frozen record, :class:`HeadConfig`.
 """
 
+from .config import HeadConfig
+from .modes import MODE_TABLE, MODES, Mode, discrepancy, get_mode, transport_matrix
 from .readout import candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
 from .refine import (
-    MODES,
-    HeadConfig,
     RefineResult,
-    discrepancy,
     image_fusion_weight,
     infer_grid,
     read_out,
     refine,
+    resize_to_grid,
     seed_classes,
     upsample_maps,
 )
 from .seeds import class_confidence, early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path, sinkhorn
-from .upsample import guide_image, joint_bilateral_upsample
+from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 from .velocity import kl_map, maximum_velocity
 
 __all__ = [
     "MODES",
+    "MODE_TABLE",
     "HeadConfig",
+    "Mode",
     "RefineResult",
     "candidate_classes",
     "class_argmax",
@@ -34,6 +38,7 @@ __all__ = [
     "evidence_ambiguity",
     "fuse",
     "fusion_weight",
+    "get_mode",
     "guide_image",
     "image_fusion_weight",
     "infer_grid",
@@ -48,7 +53,10 @@ __all__ = [
     "read_out",
     "recover_seeds",
     "refine",
+    "resize_to_grid",
     "seed_classes",
     "sinkhorn",
+    "transport_matrix",
+    "upsample_argmax",
     "upsample_maps",
 ]

@@ -9,14 +9,14 @@ templates, embeddings normalised, averaged, re-normalised, cached per query.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from dslo.classes import normalize_classes  # the one meaning of a class list
+from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.common import (
     CLIP_MEAN,
@@ -27,47 +27,56 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
+from dslo.models.clip_methods import (
+    POS_INTERP,
+    SPECS,
+    check_method,
+    compute_proxy_features,
+    interpolate_positions,
+    last_block,
+)
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import WeightsNotFoundError, check_model_folder, locate, read_json, resolve_dtype, weights_error
 
-__all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "normalize_classes"]
+__all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "load_clip_attention",
+           "normalize_classes"]
 
 ATTENTION_VARIANTS = ("kk", "qq", "qk")
 
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """Settings of the CLIP logits model (every default from SPEC §2)."""
+    """Settings of the CLIP logits model (every default from SPEC §2; the peer methods' knobs
+    default to their papers' values)."""
 
-    attention: str = "kk"  # last-block attention: kk (default) | qq | qk (vanilla)
-    keep_residual: bool = False  # keep the last block's residual connection
-    keep_mlp: bool = False  # keep the last block's MLP
+    method: str = "dslo"  # last block: dslo | vanilla | naclip | naclip_kk | clearclip | maskclip | sclip | proxyclip
+    attention: str = "kk"  # method dslo: last-block attention kk (default) | qq | qk (vanilla)
+    keep_residual: bool = False  # method dslo: keep the last block's residual connection
+    keep_mlp: bool = False  # method dslo: keep the last block's MLP
+    pos_interp: str = "exact"  # position table resize: exact (size-based bicubic) | peer ((n + 0.1)/14 scale)
     short_side: int = 336  # input short side in pixels (aspect ratio kept)
+    window_std: float = 5.0  # naclip: std of the Gaussian neighbourhood window, in patches
+    proxy: str = "dino-b8"  # proxyclip: attention source whose patch features build the attention
+    proxy_beta: float = 1.2  # proxyclip: β, shift of the similarity by β·mean
+    proxy_gamma: float = 3.0  # proxyclip: γ, scale of the shifted similarity
+    proxy_grid: str = "clip"  # proxyclip: clip (the proxy runs on CLIP's patch grid) | proxy (ProxyCLIP's own)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES)
     text_batch_size: int = 256
     dtype: str = "auto"  # auto: float32 everywhere (CLIP is cheap; fp16 saves little)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention={self.attention!r}; use one of {ATTENTION_VARIANTS}")
+            raise SettingsError(f"attention={self.attention!r}; use one of {ATTENTION_VARIANTS}")
+        check_method(self.method, self.attention, self.keep_residual, self.keep_mlp)
+        if self.pos_interp not in POS_INTERP:
+            raise SettingsError(f"pos_interp={self.pos_interp!r}; use one of {POS_INTERP}")
+        if self.proxy_grid not in ("clip", "proxy"):
+            raise SettingsError(f"proxy_grid={self.proxy_grid!r}; use 'clip' or 'proxy'")
+        if not self.window_std > 0 or not self.proxy_gamma > 0:
+            raise SettingsError("window_std and proxy_gamma must be positive")
         if not self.templates or any("{}" not in t for t in self.templates):
-            raise ValueError("templates must be a non-empty list of strings each containing '{}'")
+            raise SettingsError("templates must be a non-empty list of strings each containing '{}'")
         object.__setattr__(self, "templates", tuple(self.templates))
-
-
-def normalize_classes(classes: Sequence[str | Sequence[str]]) -> list[list[str]]:
-    """``["sky", ["person", "man"]]`` → ``[["sky"], ["person", "man"]]``; every name stripped,
-    empty names refused. A plain string is one name (commas are *not* split here)."""
-    if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) == 0:
-        raise ValueError("classes must be a non-empty list of names or of lists of synonyms")
-    out = []
-    for i, c in enumerate(classes):
-        names = [c] if isinstance(c, str) else list(c)
-        names = [str(n).strip() for n in names]
-        if not names or any(not n for n in names):
-            raise ValueError(f"class {i} ({c!r}) has an empty name; give at least one non-empty name per class")
-        out.append(names)
-    return out
 
 
 def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
@@ -76,18 +85,6 @@ def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
     import inspect
 
     return (None, None) if "causal_attention_mask" in inspect.signature(layer.forward).parameters else (None,)
-
-
-def _read_json(source: str, filename: str, local_only: bool) -> dict | None:
-    path = Path(source) / filename
-    if Path(source).is_dir():
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(source, filename, local_files_only=local_only)).read_text("utf-8"))
-    except Exception:  # the file is optional: fall back to CLIP's statistics
-        return None
 
 
 class ClipLogitsModel:
@@ -104,22 +101,28 @@ class ClipLogitsModel:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.texts_encoded = 0  # names this model's text tower has embedded (cache misses)
         max_pos = int(model.config.text_config.max_position_embeddings)
         self._max_len = min(int(getattr(tokenizer, "model_max_length", max_pos) or max_pos), max_pos)
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"ClipLogitsModel({self.name!r}, attention={s.attention!r}, keep_residual={s.keep_residual}, "
-                f"keep_mlp={s.keep_mlp}, short_side={s.short_side}, device={self.device}, dtype={self.dtype})")
+        last = (f"attention={s.attention!r}, keep_residual={s.keep_residual}, keep_mlp={s.keep_mlp}"
+                if s.method == "dslo" else f"method={s.method!r}")
+        return (f"ClipLogitsModel({self.name!r}, {last}, pos_interp={s.pos_interp!r}, short_side={s.short_side}, "
+                f"device={self.device}, dtype={self.dtype})")
 
     def with_settings(self, **overrides: Any) -> "ClipLogitsModel":
         """A model sharing these weights with some settings changed (no reload), for ablations."""
         check_settings(f"logits model '{self.name}'", overrides, CLIP_SETTINGS)
         if "dtype" in overrides:
-            raise TypeError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
+            raise SettingsError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
         settings = replace(self.settings, **overrides)
-        return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
-                               mean=self.mean, std=self.std)
+        out = ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
+                              mean=self.mean, std=self.std)
+        if "proxy_source" in self.__dict__:
+            out.proxy_source = self.proxy_source  # checked against settings.proxy at use
+        return out
 
     # ---- image side -------------------------------------------------------------------------
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -131,55 +134,110 @@ class ClipLogitsModel:
         H, W = self.input_size(image_hw)
         return H // self.patch_size, W // self.patch_size
 
-    @one_image_memo()
-    def _last_block_input(self, arr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``."""
-        size = self.input_size(arr.shape[:2])
-        x = pixel_tensor(arr, size, self.mean, self.std, device=self.device, dtype=self.dtype)
+    def _trunk(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``, for a
+        normalised ``(1, 3, H, W)`` input (position table resized per ``pos_interp``)."""
         vm = self.model.vision_model
+        emb = vm.embeddings
         with torch.inference_mode():
-            h = vm.pre_layrnorm(vm.embeddings(x, interpolate_pos_encoding=True))
+            patches = emb.patch_embedding(pixel_values.to(device=self.device, dtype=self.dtype))  # (1, C, h, w)
+            grid = (int(patches.shape[-2]), int(patches.shape[-1]))
+            cls = emb.class_embedding.view(1, 1, -1).to(patches.dtype)
+            pos = interpolate_positions(emb.position_embedding.weight, grid, self.settings.pos_interp)
+            h = torch.cat([cls, patches.flatten(2).transpose(1, 2)], 1) + pos[None].to(patches.dtype)
+            h = vm.pre_layrnorm(h)
             masks = _no_masks(vm.encoder.layers[0])  # every layer has the same signature
             for layer in vm.encoder.layers[:-1]:
                 h = layer(h, *masks)
                 h = h[0] if isinstance(h, tuple) else h
-        return h, (size[0] // self.patch_size, size[1] // self.patch_size)
+        return h, grid
 
-    def _last_block(self, x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recompute the last block with ``variant`` attention. ``x (1, T, C)`` →
-        (block output ``(1, T, C)`` per the residual/MLP settings, attention ``(heads, T, T)``)."""
-        blk = self.model.vision_model.encoder.layers[-1]
-        sa = blk.self_attn
-        B, T, C = x.shape
-        nh = sa.num_heads
-        y = blk.layer_norm1(x)
-        q, k, v = (proj(y).view(B, T, nh, C // nh).transpose(1, 2) for proj in (sa.q_proj, sa.k_proj, sa.v_proj))
-        a, b = {"kk": (k, k), "qq": (q, q), "qk": (q, k)}[variant]
-        attn = torch.softmax((a @ b.transpose(-1, -2)).float() * sa.scale, dim=-1)
-        out = sa.out_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, C))
-        if self.settings.keep_residual:
-            out = out + x
-        if self.settings.keep_mlp:
-            out = out + blk.mlp(blk.layer_norm2(out))
-        return out, attn[0]
+    @one_image_memo()
+    def _last_block_input(self, arr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+        """:meth:`_trunk` of an image array, memoised, plus the pixel tensor it came from."""
+        x = pixel_tensor(arr, self.input_size(arr.shape[:2]), self.mean, self.std, device=self.device,
+                         dtype=self.dtype)
+        h, grid = self._trunk(x)
+        return h, grid, x
+
+    def _block_settings(self) -> dict[str, Any]:
+        s = self.settings
+        spec = SPECS[s.method]
+        if s.method == "dslo":
+            return dict(attention=s.attention, keep_residual=s.keep_residual, keep_mlp=s.keep_mlp)
+        return dict(attention=spec.attention, keep_residual=spec.keep_residual, keep_mlp=spec.keep_mlp)
+
+    def proxy_model(self) -> Any:
+        """The ``proxyclip`` proxy: the attention source named by ``settings.proxy``, created on
+        first use (or the one assigned to ``self.proxy_source`` to share a loaded model)."""
+        src = self.__dict__.get("proxy_source")
+        if src is None or getattr(src, "name", None) != self.settings.proxy:
+            from dslo.models.registry import create_attention_model
+
+            src = create_attention_model(self.settings.proxy, device=self.device)
+            if not all(hasattr(src, a) for a in ("model", "num_prefix", "patch_size", "mean", "std")):
+                raise ValueError(f"proxy={self.settings.proxy!r} has no ViT patch features; use a DINO / DINOv2 "
+                                 "source (dino-b8, dinov2-reg-b14, dinov2-b14, focus-s14 or such a folder)")
+            self.proxy_source = src
+        return src
+
+    def proxy_features(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(h', w', D')`` patch features of the proxy model (its last layer, after the final
+        norm, prefix tokens dropped) for a CLIP-normalised ``(1, 3, H, W)`` input whose CLIP grid
+        is ``grid``. The pixels are moved to the proxy's statistics, as ProxyCLIP does; with
+        ``proxy_grid='clip'`` they are resized (bilinear) so the proxy's grid is ``grid``, with
+        ``'proxy'`` the proxy sees them at CLIP's input size."""
+        return compute_proxy_features(self.proxy_model(), pixel_values, self.mean, self.std,
+                                      grid if self.settings.proxy_grid == "clip" else None)
+
+    def _features(self, x: torch.Tensor, grid: tuple[int, int], pixel_values: torch.Tensor | None,
+                  proxy: torch.Tensor | None) -> torch.Tensor:
+        s = self.settings
+        pgrid = None
+        if s.method == "proxyclip":
+            if proxy is None:
+                proxy = self.proxy_features(pixel_values, grid)
+            proxy = torch.as_tensor(proxy, device=self.device)
+            if proxy.ndim == 3:  # (h', w', D') on any grid
+                pgrid = (int(proxy.shape[0]), int(proxy.shape[1]))
+                proxy = proxy.reshape(pgrid[0] * pgrid[1], -1)
+        with torch.inference_mode():
+            out, _, has_cls = last_block(
+                self.model.vision_model.encoder.layers[-1], x, grid, **self._block_settings(),
+                window_std=s.window_std, proxy=proxy, proxy_grid=pgrid, beta=s.proxy_beta, gamma=s.proxy_gamma)
+            f = self.model.visual_projection(self.model.vision_model.post_layernorm(out)).float()[0]
+            f = torch.nn.functional.normalize(f[1:] if has_cls else f, dim=-1)
+        gh, gw = pgrid or grid
+        return f.reshape(gh, gw, -1)
+
+    def patch_features(self, pixel_values: torch.Tensor, proxy: torch.Tensor | None = None) -> torch.Tensor:
+        """``(h, w, D)`` float32 L2-normalised patch embeddings in CLIP's joint space for an
+        already-normalised ``(1, 3, H, W)`` input (``h, w = H // p, W // p``), with the configured
+        method. ``proxy`` (``proxyclip`` only): ``(h·w, D')`` features on the same grid, or
+        ``(h', w', D')`` on another grid (CLIP's values are then resized to it and the output is on
+        that grid); default: computed by the configured proxy source."""
+        if pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
+            raise ValueError(f"pixel_values must be (1, 3, H, W); got {tuple(pixel_values.shape)}")
+        if proxy is not None and self.settings.method != "proxyclip":
+            raise ValueError("proxy features are used by method 'proxyclip' only "
+                             f"(this model: {self.settings.method!r})")
+        x, grid = self._trunk(pixel_values)
+        return self._features(x, grid, pixel_values, proxy)
 
     def dense_features(self, image: Any) -> torch.Tensor:
-        """``(h, w, D)`` float32 L2-normalised patch embeddings in CLIP's joint space."""
-        x, (gh, gw) = self._last_block_input(to_rgb_array(image))
-        with torch.inference_mode():
-            out, _ = self._last_block(x, self.settings.attention)
-            vm = self.model.vision_model
-            f = self.model.visual_projection(vm.post_layernorm(out[:, 1:])).float()[0]
-            f = torch.nn.functional.normalize(f, dim=-1)
-        return f.reshape(gh, gw, -1)
+        """``(h, w, D)`` float32 L2-normalised patch embeddings of an image (resized to
+        :meth:`input_size` and normalised first); see :meth:`patch_features`."""
+        x, grid, pixels = self._last_block_input(to_rgb_array(image))
+        return self._features(x, grid, pixels, None)
 
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
         if variant not in ATTENTION_VARIANTS:
-            raise ValueError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
-        x, grid = self._last_block_input(to_rgb_array(image))
+            raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
+        x, grid, _ = self._last_block_input(to_rgb_array(image))
         with torch.inference_mode():
-            _, attn = self._last_block(x, variant)
+            _, attn, _ = last_block(self.model.vision_model.encoder.layers[-1], x, grid, attention=variant,
+                                    keep_residual=False, keep_mlp=False)
         return attn, grid
 
     # ---- text side --------------------------------------------------------------------------
@@ -201,18 +259,35 @@ class ClipLogitsModel:
         embeddings. Cached per name for the life of the model."""
         todo = [n for n in dict.fromkeys(names) if n not in self._text_cache]
         if todo:
+            self.texts_encoded += len(todo)
             t = self.settings.templates
             emb = self._encode_texts([tpl.format(n) for n in todo for tpl in t]).view(len(todo), len(t), -1)
             for n, e in zip(todo, torch.nn.functional.normalize(emb.mean(1), dim=-1)):
                 self._text_cache[n] = e
         return torch.stack([self._text_cache[n] for n in names])
 
+    def add_text_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
+        """Seed the per-name cache with embeddings computed elsewhere: ``name -> (D,)`` float32,
+        rows of :meth:`text_embeddings` of the same CLIP and templates. Lets a driver embed a
+        vocabulary once and share it with many workers, whose text towers then stay idle."""
+        dim = int(self.model.config.projection_dim)
+        for name, emb in embeddings.items():
+            emb = torch.as_tensor(emb)
+            if emb.shape != (dim,):
+                raise ValueError(f"text embedding of {name!r} has shape {tuple(emb.shape)}; "
+                                 f"this CLIP's are ({dim},)")
+            self._text_cache[name] = emb.to(self.device, torch.float32)
+
     # ---- the contract -----------------------------------------------------------------------
     def logits(self, image: Any, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """``(K, h, w)`` float32 cosine similarities; a class's score is the max over its synonyms.
 
         ``image``: path, PIL, ``(H, W, 3)`` uint8 array or tensor. ``classes``: K names or lists of
-        synonyms."""
+        synonyms, read by :func:`dslo.classes.normalize_classes` (in a name, commas separate
+        synonyms)."""
+        if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
+            raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
+                             f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
         groups = normalize_classes(classes)
         names = list(dict.fromkeys(n for g in groups for n in g))
         index = {n: i for i, n in enumerate(names)}
@@ -228,7 +303,7 @@ class ClipAttentionSource:
 
     def __init__(self, clip: ClipLogitsModel, *, variant: str = "qk") -> None:
         if variant not in ATTENTION_VARIANTS:
-            raise ValueError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
+            raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
         self.clip, self.variant, self.name = clip, variant, "clip"
         self.device = clip.device
 
@@ -248,12 +323,26 @@ class ClipAttentionSource:
 CLIP_SETTINGS = tuple(f.name for f in fields(ClipSettings))
 
 
+def _check_tokenizer(name: str, src: str, tokenizer: Any) -> None:
+    """A tokenizer that maps different words to the same ids makes every class alike (meaningless
+    masks, no error): refuse it."""
+    probe = ["cat", "road"]  # one word each: an unknown-token fallback gives both the same ids
+    ids = [list(tokenizer(t)["input_ids"]) for t in probe]
+    if ids[0] == ids[1]:
+        raise WeightsNotFoundError(
+            f"the tokenizer of {name!r} ({src}) encodes different class names identically; the "
+            "checkpoint's tokenizer files (tokenizer.json, or vocab.json + merges.txt) are missing "
+            "or broken. Copy the whole checkpoint folder again"
+        )
+
+
 def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any) -> ClipLogitsModel:
     """Load a transformers-format CLIP checkpoint (Hub id or local directory) as a logits model."""
     check_settings(f"logits model '{name}'", overrides, CLIP_SETTINGS)
     settings = ClipSettings(**overrides)
     dtype = resolve_dtype(settings.dtype, device)
     src, local_only = locate(name, source, offline_alternative=False)
+    check_model_folder(name, src, tokenizer=True)
     from transformers import AutoTokenizer, CLIPModel
 
     try:
@@ -262,7 +351,30 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
                             offline_alternative=False) from exc
-    pre = _read_json(src, "preprocessor_config.json", local_only) or {}
+    _check_tokenizer(name, src, tokenizer)
+    pre = read_json(src, "preprocessor_config.json", local_only) or {}  # optional: CLIP statistics
     model = model.to(device)
     return ClipLogitsModel(model, tokenizer, name=name, settings=settings,
                            mean=pre.get("image_mean", CLIP_MEAN), std=pre.get("image_std", CLIP_STD))
+
+
+def load_clip_attention(name: str, source: str | None, *, device: torch.device, clip: Any = None,
+                        variant: str = "qk", **overrides: Any) -> "ClipAttentionSource":
+    """CLIP's own attention as an attention source. ``clip``: a loaded :class:`ClipLogitsModel`
+    (shared as it is: one tower in memory), or a registry key / directory / Hub id of a CLIP
+    (default: ``source``, else ``clip-b16``) loaded with ``overrides``."""
+    from dslo.models.registry import create_logits_model
+
+    if clip is None:
+        clip = source or "clip-b16"
+    if not isinstance(clip, ClipLogitsModel):
+        clip = create_logits_model(clip, device=device, **overrides)
+    else:
+        # A loaded model is shared as it is; a dtype that agrees with it is accepted, so callers
+        # can pass the same settings to both models.
+        if "dtype" in overrides and resolve_dtype(overrides["dtype"], clip.device) == clip.dtype:
+            overrides.pop("dtype")
+        if overrides:
+            raise SettingsError(f"settings {sorted(overrides)} would need a new CLIP model; the one passed as "
+                                "clip= is shared as loaded (create it with those settings instead)")
+    return ClipAttentionSource(clip, variant=variant)

@@ -11,10 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dslo.errors import check_known
 from dslo.imageio import to_rgb_array
 
 __all__ = [
     "aspect_size",
+    "input_is_reduced",
+    "MAX_ASPECT",
     "pixel_tensor",
     "patch_affinity",
     "image_key",
@@ -31,17 +34,38 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# The longest input side, in multiples of the short side, that keeps full resolution. Attention
+# costs O(N²) in the patch count N: an 8000×300 panorama at short side 448 would be a 12 073-px
+# input of 27 585 patches (an 18 GB attention matrix). Capping the long side at 3× the short side
+# bounds N at 3·(short_side / patch)² whatever the aspect ratio (3072 patches at 448 / 14,
+# 1.7× a 16:9 photo's 1824).
+MAX_ASPECT = 3
+
+
 def aspect_size(image_hw: tuple[int, int], short_side: int, multiple: int) -> tuple[int, int]:
     """Model input size ``(H', W')`` for an image of size ``image_hw``: short side ``short_side``,
     aspect ratio kept, both sides rounded to a multiple of the patch size (so no pixels are
-    silently cropped by the patch convolution; the aspect error is below half a patch)."""
+    silently cropped by the patch convolution; the aspect error is below half a patch).
+
+    Every model's input sizing goes through here, so the patch count is bounded for all of them:
+    the long side is at most ``MAX_ASPECT * short_side`` (a more elongated image is scaled so that
+    its long side fits, its short side then falls below ``short_side``; see
+    :func:`input_is_reduced`), hence ``N = H'·W' / multiple² <= MAX_ASPECT · (short_side / multiple)²``
+    (plus rounding)."""
     h, w = int(image_hw[0]), int(image_hw[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {image_hw}")
     if short_side < multiple:
         raise ValueError(f"short_side={short_side} is smaller than the patch size {multiple}")
-    s = short_side / min(h, w)
+    s = min(short_side / min(h, w), MAX_ASPECT * short_side / max(h, w))
     return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+
+
+def input_is_reduced(image_hw: tuple[int, int]) -> bool:
+    """Whether :func:`aspect_size` gives this image less than the model's ``short_side`` on its
+    short side (an aspect ratio beyond ``MAX_ASPECT``: the models see it at reduced resolution)."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    return max(h, w) > MAX_ASPECT * min(h, w)
 
 
 def pixel_tensor(
@@ -99,10 +123,9 @@ def image_key(image: Any) -> tuple | None:
 
 
 def check_settings(kind: str, given: dict, allowed: Sequence[str]) -> None:
-    """Unknown overrides are an error naming the valid ones (a typo must not be ignored)."""
-    bad = sorted(set(given) - set(allowed))
-    if bad:
-        raise TypeError(f"unknown setting(s) {bad} for {kind}; valid settings: {sorted(allowed)}")
+    """Unknown overrides are a :class:`dslo.errors.SettingsError` naming the closest and the valid
+    ones (a typo must not be ignored)."""
+    check_known(kind, given, allowed)
 
 
 def one_image_memo() -> Callable:

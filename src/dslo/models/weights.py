@@ -7,6 +7,7 @@ reachability probe, so an offline machine fails in about a second instead of wai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+
+from dslo.errors import SettingsError
 
 __all__ = [
     "WeightsNotFoundError",
@@ -23,6 +26,7 @@ __all__ = [
     "locate",
     "is_local_or_cached",
     "weights_error",
+    "read_json",
 ]
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
@@ -168,6 +172,21 @@ def locate(
     return source, False
 
 
+def read_json(source: str, filename: str, local_only: bool) -> dict | None:
+    """``filename`` of a local directory or a Hub repository as a dict; None when it is not there
+    (or cannot be fetched). The one reader of a checkpoint's JSON files (configs, preprocessor
+    statistics); callers decide whether a missing file is an error."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, filename, local_files_only=local_only)).read_text("utf-8"))
+    except Exception:  # not in the repository, not cached offline, or unreachable
+        return None
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (or None) → CUDA if available, else Apple MPS, else CPU; anything else is
     validated: an unknown name or an absent accelerator is a ``ValueError`` saying what to use."""
@@ -184,11 +203,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise SettingsError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+        raise SettingsError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} requested but MPS is not available; use device='cpu' or 'auto'")
+        raise SettingsError(f"device {device!r} requested but MPS is not available; use device='cpu' or 'auto'")
     return dev
 
 
@@ -207,11 +226,76 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *,
         return accelerator_default if device.type in ("cuda", "mps") else torch.float32
     if isinstance(dtype, str):
         if dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of auto, float32, float16, bfloat16")
+            raise SettingsError(f"unknown dtype {dtype!r}; use one of auto, float32, float16, bfloat16")
         dtype = _DTYPES[dtype.lower()]
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        raise SettingsError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
     if device.type == "cpu" and dtype != torch.float32:
-        raise ValueError(f"dtype {dtype} is only supported on an accelerator; "
+        raise SettingsError(f"dtype {dtype} is only supported on an accelerator; "
                          "on the CPU use dtype='float32' (or 'auto')")
     return dtype
+
+
+# ------------------------------------------------------------------------------------------------
+# Local model folders: complete before we load them
+
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # either set is a CLIP tokenizer
+
+
+def _weights_problems(folder: Path) -> list[str]:
+    """What is missing or broken among a transformers folder's weight files."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as exc:
+            return [f"{index.name} (unreadable: {exc})"]
+        return [p for s in shards for p in _safetensors_problems(folder / s)]
+    st = folder / "model.safetensors"
+    if st.is_file():
+        return _safetensors_problems(st)
+    if (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
+        return []
+    return ["model.safetensors (or pytorch_model.bin)"]
+
+
+def _safetensors_problems(path: Path) -> list[str]:
+    """A safetensors file whose size disagrees with its header is truncated (or not one)."""
+    import struct
+
+    if not path.is_file():
+        return [f"{path.name} (missing)"]
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        return [f"{path.name} (not a readable safetensors file: {exc})"]
+    if 8 + n + end != size:
+        return [f"{path.name} (truncated: {size} bytes, its header describes {8 + n + end})"]
+    return []
+
+
+def check_model_folder(name: str, folder: str | Path, *, tokenizer: bool = False) -> None:
+    """Refuse an incomplete local checkpoint folder before loading it, listing every missing or
+    broken file (a copied folder often lacks the tokenizer or has a truncated weight file).
+
+    ``tokenizer``: the folder must also hold a CLIP tokenizer (``tokenizer.json``, or
+    ``vocab.json`` + ``merges.txt``); without one every class name would encode alike."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # a Hub id: the hub client checks what it downloads
+    problems = [] if (folder / "config.json").is_file() else ["config.json"]
+    problems += _weights_problems(folder)
+    if tokenizer and not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
+        problems.append("tokenizer.json (or vocab.json + merges.txt)")
+    if problems:
+        raise WeightsNotFoundError(
+            f"the model folder {folder} for {name!r} is incomplete: {'; '.join(problems)}. Copy the "
+            "whole checkpoint folder again (e.g. `hf download <org>/<name> --local-dir DIR` on a "
+            "connected machine)"
+        )

@@ -1,0 +1,110 @@
+"""``dslo app``: serve the segmentation page (Gradio) on this machine or a server.
+
+The models load once at start and are shared by all requests, which run one at a time. Missing
+weights do not stop the app: the page shows the error and its fixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from dslo.cli._args import parse_setting
+from dslo.cli.segment import max_side_arg
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "app",
+        help="a web page to segment an image into your own classes (needs dslo[app])",
+        description="Serve a Gradio page: upload an image, name classes, get the overlay, the class "
+                    "table, the mask and JSON of `dslo segment`, and the head's steps. Local only by "
+                    "default; on a server use --host 0.0.0.0 behind a proxy (no share links).",
+    )
+    p.add_argument("--model", default="default", metavar="PRESET",
+                   help="preset: default, offline, paper-mv, ... (`dslo models` lists them)")
+    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
+    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
+                                                       "this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
+                   help="downscale larger images to this side for the models; masks stay at full "
+                        "size (default 1024; 0 = never)")
+    p.add_argument("--examples", type=Path, metavar="DIR", help="offer the images of DIR as examples")
+    p.add_argument("--max-file-size", default="50mb", metavar="SIZE",
+                   help="largest upload accepted (default 50mb)")
+    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
+                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set delta=0.3")
+    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
+                   default=[], metavar="KEY=VALUE", help="a setting of the logits model (repeatable)")
+    p.add_argument("--attention-option", dest="attention_options", action="append",
+                   type=parse_setting, default=[], metavar="KEY=VALUE",
+                   help="a setting of the attention model (repeatable), e.g. short_side=336")
+    p.set_defaults(func=run)
+
+
+def _loader(args: argparse.Namespace):
+    def load():
+        from dslo.segmenter import create_segmenter
+
+        overrides = dict(args.settings)
+        for key in ("logits", "attention"):
+            if getattr(args, key):
+                overrides[key] = getattr(args, key)
+        if args.logits_options:
+            overrides["logits_options"] = dict(args.logits_options)
+        if args.attention_options:
+            overrides["attention_options"] = dict(args.attention_options)
+        return create_segmenter(args.model, device=args.device, dtype=args.dtype,
+                                max_side=args.max_side, **overrides)
+    return load
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the models load (which takes a while) when the address cannot be served."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                           "pick another --port, or stop what uses it") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from dslo.app import require_gradio
+
+    require_gradio()
+    _check_port(args.host, args.port)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
+    from dslo.imageio import list_images
+
+    examples = []
+    if args.examples is not None:
+        if not args.examples.is_dir():
+            raise FileNotFoundError(f"--examples {args.examples}: no such folder")
+        examples = list_images(args.examples)
+        if not examples:
+            raise ValueError(f"--examples {args.examples}: no images in this folder")
+
+    from dslo.app.page import build_page
+    from dslo.app.service import AppService
+
+    service = AppService(_loader(args))
+    page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5))
+    page.queue(default_concurrency_limit=1)
+    print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,
+          flush=True)
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
+                    quiet=True, max_file_size=args.max_file_size,
+                    allowed_paths=[str(args.examples.resolve())] if examples else None)
+    except OSError as exc:  # the port was taken while the models loaded
+        raise RuntimeError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    return 0
