@@ -111,12 +111,12 @@ def build(name: str, device: torch.device):
 
     if name == "dinov2-reg-b14":
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-            **VIT_B, patch_size=14, image_size=518, num_register_tokens=4, attn_implementation="eager"))
+            **VIT_B, patch_size=14, image_size=518, num_register_tokens=4, attn_implementation="sdpa"))
     elif name == "dinov2-b14":
-        model = Dinov2Model(Dinov2Config(**VIT_B, patch_size=14, image_size=518, attn_implementation="eager"))
+        model = Dinov2Model(Dinov2Config(**VIT_B, patch_size=14, image_size=518, attn_implementation="sdpa"))
     elif name == "dino-b8":
         model = ViTModel(ViTConfig(**VIT_B, intermediate_size=3072, patch_size=8, image_size=224,
-                                   attn_implementation="eager"), add_pooling_layer=False)
+                                   attn_implementation="sdpa"), add_pooling_layer=False)
     else:
         raise SystemExit(f"unknown entry {name!r}; choose from {ENTRIES}")
     return wrap_vit(model.eval(), name=name, device=device, dtype=accel, settings=VitAttentionSettings()), "random init"

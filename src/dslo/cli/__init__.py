@@ -14,6 +14,7 @@ _SUBCOMMANDS = [
     "dslo.cli.models",
     "dslo.cli.score",
     "dslo.cli.evaluate",
+    "dslo.cli.cache",
 ]
 
 
