@@ -25,6 +25,7 @@ from dslo.models.common import (
     CLIP_STD,
     aspect_size,
     check_settings,
+    image_key,
     one_image_memo,
     patch_affinity,
     pixel_tensor,
@@ -138,8 +139,21 @@ class ClipLogitsModel:
     @one_image_memo()
     def _last_block_input(self, arr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``."""
-        size = self.input_size(arr.shape[:2])
-        x = pixel_tensor(arr, size, self.mean, self.std, device=self.device, dtype=self.dtype)
+        return self._last_block_input_batch([arr])
+
+    def _last_block_input_batch(self, arrs: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(B, 1 + h*w, C)`` for images of one input size, and the grid; the last batch is
+        memoised by content (the CLIP attention source reuses the logits' forward)."""
+        key = tuple(image_key(a) for a in arrs)
+        memo = self.__dict__.get("_memo_batch")
+        if memo is not None and None not in key and memo[0] == key:
+            return memo[1]
+        sizes = {self.input_size(a.shape[:2]) for a in arrs}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch needs images of one input size; got {sorted(sizes)}")
+        size = sizes.pop()
+        x = torch.cat([pixel_tensor(a, size, self.mean, self.std, device=self.device, dtype=self.dtype)
+                       for a in arrs])
         vm = self.model.vision_model
         with torch.inference_mode():
             h = vm.pre_layrnorm(vm.embeddings(x, interpolate_pos_encoding=True))
@@ -147,7 +161,9 @@ class ClipLogitsModel:
             for layer in vm.encoder.layers[:-1]:
                 h = layer(h, *masks)
                 h = h[0] if isinstance(h, tuple) else h
-        return h, (size[0] // self.patch_size, size[1] // self.patch_size)
+        out = h, (size[0] // self.patch_size, size[1] // self.patch_size)
+        self.__dict__["_memo_batch"] = (key, out)
+        return out
 
     def _last_block(self, x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Recompute the last block with ``variant`` attention. ``x (1, T, C)`` →
@@ -169,13 +185,17 @@ class ClipLogitsModel:
 
     def dense_features(self, image: Any) -> torch.Tensor:
         """``(h, w, D)`` float32 L2-normalised patch embeddings in CLIP's joint space."""
-        x, (gh, gw) = self._last_block_input(to_rgb_array(image))
+        return self.dense_features_batch([image])[0]
+
+    def dense_features_batch(self, images: Sequence[Any]) -> torch.Tensor:
+        """``(B, h, w, D)``: :meth:`dense_features` of images of one input size, one forward."""
+        x, (gh, gw) = self._last_block_input_batch([to_rgb_array(im) for im in images])
         with torch.inference_mode():
             out, _ = self._last_block(x, self.settings.attention)
             vm = self.model.vision_model
-            f = self.model.visual_projection(vm.post_layernorm(out[:, 1:])).float()[0]
+            f = self.model.visual_projection(vm.post_layernorm(out[:, 1:])).float()
             f = torch.nn.functional.normalize(f, dim=-1)
-        return f.reshape(gh, gw, -1)
+        return f.reshape(len(images), gh, gw, -1)
 
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
@@ -278,13 +298,17 @@ class ClipLogitsModel:
 
         ``image``: path, PIL, ``(H, W, 3)`` uint8 array or tensor. ``classes``: K names or lists of
         synonyms."""
+        return self.logits_batch([image], classes)[0]
+
+    def logits_batch(self, images: Sequence[Any], classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
+        """``(B, K, h, w)``: :meth:`logits` of images of one input size, one vision forward."""
         groups = normalize_classes(classes)
         names = list(dict.fromkeys(n for g in groups for n in g))
         index = {n: i for i, n in enumerate(names)}
         text = self.text_embeddings(names)  # (Q, D)
-        feats = self.dense_features(image)  # (h, w, D)
-        per_query = torch.einsum("qd,hwd->qhw", text, feats)
-        return torch.stack([per_query[[index[n] for n in g]].amax(0) for g in groups])
+        feats = self.dense_features_batch(images)  # (B, h, w, D)
+        per_query = torch.einsum("qd,bhwd->bqhw", text, feats)
+        return torch.stack([per_query[:, [index[n] for n in g]].amax(1) for g in groups], dim=1)
 
 
 class ClipAttentionSource:
@@ -306,8 +330,24 @@ class ClipAttentionSource:
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))``: heads averaged, CLS dropped, rows
         renormalised."""
-        attn, grid = self.clip.last_attention(image, self.variant)
-        return patch_affinity(attn, num_prefix=1), grid
+        A, grid = self.affinity_batch([image])
+        return A[0], grid
+
+    def affinity_batch(self, images: Sequence[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(A (B, N, N), (h, w))`` for images of one input size. Only the last block's
+        attention probabilities are computed (not its output, MLP or projection); the blocks
+        before it come from the logits model's memoised forward when it saw the same images."""
+        x, grid = self.clip._last_block_input_batch([to_rgb_array(im) for im in images])
+        blk = self.clip.model.vision_model.encoder.layers[-1]
+        sa = blk.self_attn
+        with torch.inference_mode():
+            y = blk.layer_norm1(x)
+            B, T, C = y.shape
+            q, k = (proj(y).view(B, T, sa.num_heads, C // sa.num_heads).transpose(1, 2)
+                    for proj in (sa.q_proj, sa.k_proj))
+            a, b = {"kk": (k, k), "qq": (q, q), "qk": (q, k)}[self.variant]
+            attn = torch.softmax((a @ b.transpose(-1, -2)).float() * sa.scale, dim=-1)
+        return torch.stack([patch_affinity(h, num_prefix=1) for h in attn]), grid
 
 
 CLIP_SETTINGS = tuple(f.name for f in fields(ClipSettings))
