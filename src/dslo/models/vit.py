@@ -93,12 +93,12 @@ def _qk_projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.
 def explicit_attention(x: torch.Tensor, q_proj: torch.nn.Module, k_proj: torch.nn.Module,
                        heads: int) -> torch.Tensor:
     """``softmax(Q Kᵀ/√d)`` of ``x (B, T, C)`` (a block's normalised input) → ``(B, heads, T, T)``
-    float32. Scores are formed in the model's dtype (as eager attention does) and the softmax is
-    taken in float32."""
+    float32. Projections run in the model's dtype; scores and softmax in float32 (a float16
+    product of two 64-wide vectors can overflow; eager attention would form it in float16)."""
     B, T, _ = x.shape
-    q = q_proj(x).view(B, T, heads, -1).transpose(1, 2)
-    k = k_proj(x).view(B, T, heads, -1).transpose(1, 2)
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    q = q_proj(x).view(B, T, heads, -1).transpose(1, 2).float()
+    k = k_proj(x).view(B, T, heads, -1).transpose(1, 2).float()
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     return torch.softmax(scores, dim=-1)
 
 
