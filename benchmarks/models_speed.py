@@ -142,14 +142,14 @@ def modules_of(model) -> list[torch.nn.Module]:
     return [model.model]
 
 
-def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> dict:
+def measure_one(name: str, device: torch.device, repeat: int, warmup: int, dtype: str = "auto") -> dict:
     from dslo.imageio import read_image_file
 
     image = read_image_file(IMAGE) if IMAGE.is_file() else \
         np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     load_before = os.getloadavg()[0]  # other processes on a shared machine inflate CPU timings
     t0 = time.perf_counter()
-    model, weights = build(name, device)
+    model, weights = build(name, device, dtype)
     build_s = time.perf_counter() - t0
     counter = [0]
 
@@ -181,15 +181,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the rows here (atomically)")
+    ap.add_argument("--dtype", nargs="+", default=["auto"],
+                    help="model dtypes to time, each a row (e.g. float32 bfloat16: does bf16 help this CPU?)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one entry, print JSON
     args = ap.parse_args()
     if args.worker:
         torch.manual_seed(0)
-        print(json.dumps(measure_one(args.worker, torch.device(args.device), args.repeat, args.warmup)))
+        print(json.dumps(measure_one(args.worker, torch.device(args.device), args.repeat, args.warmup, args.dtype[0])))
         return
     rows = []
-    for name in args.only:
-        cmd = [sys.executable, __file__, "--worker", name, "--device", args.device,
+    for name, dtype in [(n, d) for n in args.only for d in args.dtype]:
+        cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--dtype", dtype,
                "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
         row = run_worker(cmd, name, tail=2000)
         if row is None:
