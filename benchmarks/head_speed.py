@@ -24,14 +24,13 @@ from _measure import devices, markdown_table, peak_memory, time_ms  # noqa: E402
 from dslo.outputs import atomic_write_text  # noqa: E402
 from dslo.head import (  # noqa: E402
     HeadConfig,
-    early_rejection,
     ipf,
     joint_bilateral_upsample,
     maximum_velocity,
     nms,
-    normalize,
     optimal_path,
     refine,
+    seed_classes,
 )
 
 
@@ -55,10 +54,8 @@ def bench(n_side: int, K: int, device: torch.device, repeat: int) -> dict:
     img2k = torch.rand(1024, 2048, 3, generator=g).to(device)
     cfg = HeadConfig()
     flat = L.reshape(K, -1)
-    masked, keep = nms(flat)
-    kept = early_rejection(flat, keep, cfg.top_k, cfg.top_k_above)
-    a, _ = normalize(masked[kept])
-    T = ipf(A)
+    a, kept = seed_classes(flat, cfg)  # the head's own seeding (NMS, fallback, early rejection)
+    T = ipf(A, cfg.ipf_iters)
     D = maximum_velocity(a, T).reshape(len(kept), h, w)
     row = {"N": h * w, "K": K, "K'": len(kept), "device": device.type}
     row["NMS"] = time_ms(lambda: nms(flat), device, repeat)

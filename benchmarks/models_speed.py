@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import run_worker, write_json  # noqa: E402
 from _measure import markdown_table, peak_memory, time_ms  # noqa: E402
 
+from dslo.models import list_models  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
 
@@ -59,8 +61,8 @@ SD2_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
 )
-ENTRIES = ["clip-b16", "clip-l14", "clip-l14-336", "sd2", "dinov2-reg-b14", "dinov2-b14", "dino-b8", "clip",
-           "focus-s14"]
+# Every registry entry, in the registry's order (logits models, then attention sources).
+ENTRIES = [name for names in list_models().values() for name in names]
 
 
 def _clip(name: str, device: torch.device, dtype: torch.dtype):

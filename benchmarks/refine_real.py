@@ -38,7 +38,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,10 +53,17 @@ from _bench import (  # noqa: E402
 )
 from evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed  # noqa: E402
 
-from dslo.cli._args import parse_setting  # noqa: E402
+from dslo.cli import parse_setting  # noqa: E402
 from dslo.eval.datasets import get_dataset  # noqa: E402
 from dslo.eval.metrics import IoUAccumulator  # noqa: E402
-from dslo.head import HeadConfig, joint_bilateral_upsample, refine, seed_classes  # noqa: E402
+from dslo.head import (  # noqa: E402
+    MODE_TABLE,
+    HeadConfig,
+    joint_bilateral_upsample,
+    refine,
+    resize_to_grid,
+    seed_classes,
+)
 
 METHODS = {
     "bilinear": "(a) bilinear",
@@ -90,9 +96,9 @@ def jbu_baseline(
     class probabilities ``softmax_c(s·L)`` (s = the NMS logit scale, 40), ``"raw"`` the cosines.
     Returns ``(H, W)`` int64 class indices."""
     X = logits
-    if source == "attention" and tuple(X.shape[1:]) != tuple(grid):
-        X = F.interpolate(X[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
-    elif source not in ("attention", "logits"):
+    if source == "attention":
+        X = resize_to_grid(X, grid)
+    elif source != "logits":
         raise ValueError(f"source must be 'attention' or 'logits', got {source!r}")
     if values == "softmax":
         X = torch.softmax(cfg.nms_scale * X, dim=0)
@@ -109,7 +115,7 @@ def predict(method: str, logits: torch.Tensor, A: torch.Tensor, grid: tuple[int,
         return refine(logits, A, image, mode="none", grid=grid, config=cfg).labels.numpy()
     if method == "jbu":
         return jbu_baseline(logits, grid, image, cfg, jbu_source, jbu_values).numpy()
-    if method in ("kl", "op", "mv"):
+    if method in MODE_TABLE and MODE_TABLE[method].runs_head:
         return refine(logits, A, image, mode=method, grid=grid, config=cfg).labels.numpy()
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
 
@@ -170,7 +176,7 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
                     accs[(p, m)].update(pred, it.label)
                 if p == "medium":
                     # How much early rejection costs: which present classes reach the discrepancy.
-                    Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+                    Lg = resize_to_grid(L, grid)
                     kept = set(seed_classes(Lg.reshape(K, -1), cfg)[1].tolist())
                     present = {int(c) for c in np.unique(it.label) if c < K}
                     kept_sizes.append(len(kept))

@@ -36,7 +36,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,32 +63,28 @@ def mv_steps(velocity: torch.Tensor) -> int:
 
 def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], image: np.ndarray, mode: str,
                 cfg: Any) -> dict[str, Callable[..., Any]]:
-    """The head of ``dslo.head.refine`` split into its stages, each a closure over the previous
-    stage's output (so each can be timed alone). Returns the stage callables in order."""
-    from dslo.head import ipf, maximum_velocity, optimal_path, seed_classes, upsample_maps
-    from dslo.head.upsample import guide_image
+    """``dslo.head.refine`` as its public stages (``resize_to_grid`` + ``seed_classes``,
+    ``transport_matrix``, ``discrepancy``, ``upsample_maps``), each a closure over the previous
+    stage's output so each can be timed alone; the mode's functions come from the head's mode
+    table. Returns the stage callables in order."""
+    from dslo.head import discrepancy as head_discrepancy
+    from dslo.head import guide_image, resize_to_grid, seed_classes, transport_matrix, upsample_maps
 
     state: dict[str, Any] = {}
 
     def seeds():
-        L = logits.float()
-        if tuple(L.shape[1:]) != tuple(grid):
-            L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+        L = resize_to_grid(logits.float(), grid)
         a, kept = seed_classes(L.reshape(L.shape[0], -1), cfg)
         state.update(a=a, kept=kept)
         return a
 
     def ipf_stage():
-        state["T"] = ipf(A, cfg.ipf_iters)
+        state["T"] = transport_matrix(A, mode, cfg)
         return state["T"]
 
     def discrepancy():
-        if mode == "mv":
-            D = maximum_velocity(state["a"], state["T"], cfg.delta, cfg.max_steps, cfg.interpolate)
-        else:
-            D = optimal_path(state["a"], state["T"], cfg.eps, cfg.sinkhorn_iters, cfg.readout, cfg.normalize_max)
-        state["D"] = D
-        return D
+        state["D"] = head_discrepancy(state["a"], A, mode, cfg, matrix=state["T"])
+        return state["D"]
 
     def jbu():
         img = guide_image(image, device=logits.device)

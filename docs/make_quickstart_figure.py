@@ -27,18 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dslo.eval.metrics import IoUAccumulator
-from dslo.outputs import atomic_save_image, overlay_image
-
 DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent / "benchmarks"))
 
+from evidence import cell_evidence  # noqa: E402  (the benchmarks' evidence generators, one module)
 
-def coarse_evidence(label: np.ndarray, k: int, cell: int = 16, noise: float = 0.02, seed: int = 0) -> torch.Tensor:
-    """``(H, W)`` ids (``k`` = ignore) → ``(k, H/cell, W/cell)`` CLIP-like noisy logits."""
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)).clamp(max=k), k + 1)
-    frac = torch.nn.functional.avg_pool2d(onehot.permute(2, 0, 1)[None].float()[:, :k], cell)[0]
-    g = torch.Generator().manual_seed(seed)
-    return 0.15 + 0.1 * frac + noise * torch.randn(frac.shape, generator=g)
+from dslo.eval.metrics import IoUAccumulator  # noqa: E402
+from dslo.outputs import atomic_save_image, overlay_image  # noqa: E402
 
 
 def scores(pred: np.ndarray, label: np.ndarray, k: int) -> tuple[float, float]:
@@ -59,7 +54,7 @@ def main() -> int:
     label = np.array(Image.open(camvid / "testannot" / f"{args.image}.png"))
     names = [n.strip() for n in (camvid / "classes.txt").read_text().splitlines() if n.strip()]
     k = len(names)
-    L = coarse_evidence(label, k)
+    L = cell_evidence(label, k)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(L, Path(tmp) / "logits.pt")
         subprocess.run([sys.executable, "-m", "dslo", "refine", "--logits-file", str(Path(tmp) / "logits.pt"),

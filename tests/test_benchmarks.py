@@ -13,10 +13,11 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(BENCH))
 
 import _bench  # noqa: E402
+from conftest import needs_data_dirs  # noqa: E402
+from dslo.head import MODE_TABLE, discrepancy  # noqa: E402
 import evidence  # noqa: E402
 from evidence import EvidenceConfig, logits_grid, make_evidence, patch_fractions, stable_seed  # noqa: E402
 
@@ -151,8 +152,8 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
     assert [q.name for q in p.parent.iterdir()] == ["x.json"]
 
 
-@pytest.mark.skipif(not (DATA / "camvid").is_dir() or not (DATA / "coco_object").is_dir(),
-                    reason="../shared/data (CamVid, COCO-Object) not present")
+@pytest.mark.slow
+@needs_data_dirs("camvid", "coco_object")
 def test_refine_real_smoke_run_and_cache(tmp_path, monkeypatch):
     """One image per dataset, real focus-s14 attention at a small input: every method scores,
     and a second run served from the attention cache gives identical numbers."""
@@ -191,9 +192,10 @@ def _semantic_affinity(h: int, w: int) -> torch.Tensor:
     return A / A.sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("mode", ["mv", "op"])
+@pytest.mark.parametrize("mode", [m for m, spec in MODE_TABLE.items() if spec.runs_head])
 def test_speed_head_stages_reproduce_refine(mode):
-    """The stage-by-stage head that speed.py times is the head: same labels as refine()."""
+    """The stage-by-stage head that speed.py times is the head, for every mode of the head's table
+    (kl was once timed as optimal path): same labels and scores as refine()."""
     import speed
     from dslo.head import HeadConfig, refine
 
@@ -211,6 +213,8 @@ def test_speed_head_stages_reproduce_refine(mode):
     ref = refine(L, A, image, mode=mode, grid=(h, w), config=cfg)
     assert torch.equal(st["_state"]["labels"], ref.labels)
     assert torch.equal(st["_state"]["kept"], ref.kept)
+    D = st["_state"]["D"].reshape(-1, h, w)
+    assert torch.equal(D, discrepancy(st["_state"]["a"], A, mode, cfg).reshape(-1, h, w))
 
 
 def test_mv_steps_reads_the_latest_arrival():
@@ -220,6 +224,7 @@ def test_mv_steps_reads_the_latest_arrival():
     assert speed.mv_steps(1.0 / (1.0 + arrival)) == 3
 
 
+@pytest.mark.slow
 def test_speed_offline_preset_in_process():
     """The offline preset (real focus-s14, random-init CLIP B/16) end to end, one repeat."""
     import speed

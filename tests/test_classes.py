@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA
 from dslo.classes import (
     DEFAULT_STUFF_WORDS,
     BackgroundPolicy,
@@ -33,8 +34,7 @@ def test_file_one_class_per_line_synonyms_by_comma(tmp_path):
 
 
 def test_real_classes_file_reads():
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    f = data / "fixtures" / "ADEChallengeData2016" / "classes.txt"
+    f = DATA / "fixtures" / "ADEChallengeData2016" / "classes.txt"
     if not f.is_file():
         pytest.skip("shared data not available")
     classes = read_classes_file(f)

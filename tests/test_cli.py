@@ -1,5 +1,5 @@
 """`dslo segment` / `dslo refine` / `dslo models`: input discovery, outputs, resumability and bad
-input, with the colour stand-in models of test_segmenter (fast; the real-model end-to-end runs are
+input, with the colour stand-in models of standins.py (fast; the real-model end-to-end runs are
 in test_cli_e2e.py)."""
 
 import json
@@ -15,7 +15,7 @@ from dslo.cli import main
 from dslo.cli.segment import discover_inputs
 from dslo.outputs import class_colors, decode_rle
 from dslo.segmenter import Segmenter
-from test_segmenter import ColourAffinity, ColourLogits, _picture
+from standins import ColourAffinity, ColourLogits, colour_picture
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def _tree(root: Path) -> list[str]:
 
 
 def test_discovery_files_folders_globs(tmp_path):
-    img, _ = _picture(16, 16)
+    img, _ = colour_picture(16, 16)
     a = _save(tmp_path / "in" / "a.png", img)
     _save(tmp_path / "in" / "sub" / "deep" / "b.jpg", img)
     (tmp_path / "in" / "notes.txt").write_text("not an image")
@@ -71,7 +71,7 @@ def test_discovery_files_folders_globs(tmp_path):
 
 
 def test_discovery_separates_same_stem_and_reports_real_collisions(tmp_path):
-    img, _ = _picture(16, 16)
+    img, _ = colour_picture(16, 16)
     _save(tmp_path / "in" / "photo.png", img)
     _save(tmp_path / "in" / "photo.jpg", img)
     ims, errs = discover_inputs([str(tmp_path / "in")])
@@ -84,7 +84,7 @@ def test_discovery_separates_same_stem_and_reports_real_collisions(tmp_path):
 
 
 def test_discovery_never_reads_the_output_folder(tmp_path):
-    img, _ = _picture(16, 16)
+    img, _ = colour_picture(16, 16)
     _save(tmp_path / "in" / "a.png", img)
     _save(tmp_path / "in" / "out" / "a.png", img)  # a mask written by an earlier run
     ims, _ = discover_inputs([str(tmp_path / "in")], exclude=tmp_path / "in" / "out")
@@ -95,7 +95,7 @@ def test_discovery_never_reads_the_output_folder(tmp_path):
 
 
 def test_segment_folder_writes_every_output(tmp_path, fake_models, capsys):
-    img, truth = _picture(60, 90)
+    img, truth = colour_picture(60, 90)
     _save(tmp_path / "in" / "one.png", img)
     _save(tmp_path / "in" / "sub" / "two.jpg", img[:, ::-1].copy(), quality=95)
     out = tmp_path / "out"
@@ -129,7 +129,7 @@ def test_segment_folder_writes_every_output(tmp_path, fake_models, capsys):
 
 
 def test_rerun_skips_without_loading_models_and_overwrite_redoes(tmp_path, fake_models, capsys):
-    img, _ = _picture(40, 40)
+    img, _ = colour_picture(40, 40)
     _save(tmp_path / "in" / "a.png", img)
     args = ["segment", str(tmp_path / "in"), "--classes", "red, green", "-o", str(tmp_path / "out"), "-q"]
     assert main(args) == 0
@@ -147,7 +147,7 @@ def test_rerun_skips_without_loading_models_and_overwrite_redoes(tmp_path, fake_
 
 
 def test_corrupt_file_is_reported_and_the_batch_continues(tmp_path, fake_models, capsys):
-    img, _ = _picture(40, 48)
+    img, _ = colour_picture(40, 48)
     _save(tmp_path / "in" / "a.png", img)
     good = _save(tmp_path / "in" / "c.jpg", img, quality=90).read_bytes()
     (tmp_path / "in" / "b.jpg").write_bytes(good[: len(good) // 2])  # truncated
@@ -161,7 +161,7 @@ def test_corrupt_file_is_reported_and_the_batch_continues(tmp_path, fake_models,
 
 
 def test_awkward_image_formats_are_converted(tmp_path, fake_models):
-    rgb, _ = _picture(32, 48)
+    rgb, _ = colour_picture(32, 48)
     inp = tmp_path / "in"
     _save(inp / "grey.png", np.asarray(Image.fromarray(rgb).convert("L")))
     _save(inp / "rgba.png", np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]))
@@ -182,7 +182,7 @@ def test_awkward_image_formats_are_converted(tmp_path, fake_models):
 
 
 def test_large_image_is_downscaled_and_mask_is_full_size(tmp_path, fake_models):
-    img, truth = _picture(300, 450)
+    img, truth = colour_picture(300, 450)
     _save(tmp_path / "big.png", img)
     rc = main(["segment", str(tmp_path / "big.png"), "--classes", "red, green, blue", "--max-side", "150",
                "-o", str(tmp_path / "out"), "-q", "--save", "mask,json"])
@@ -194,7 +194,7 @@ def test_large_image_is_downscaled_and_mask_is_full_size(tmp_path, fake_models):
 
 
 def test_classes_file_and_settings_reach_the_segmenter(tmp_path, fake_models):
-    img, _ = _picture(40, 40)
+    img, _ = colour_picture(40, 40)
     _save(tmp_path / "a.png", img)
     cf = tmp_path / "classes.txt"
     cf.write_text("red, crimson\ngreen\n")
@@ -218,7 +218,7 @@ def test_classes_file_and_settings_reach_the_segmenter(tmp_path, fake_models):
      (["--classes", "cat", "--model", "defualt"], "did you mean default")],
 )
 def test_bad_arguments_give_clear_errors(tmp_path, extra, needle, capsys):
-    img, _ = _picture(16, 16)
+    img, _ = colour_picture(16, 16)
     _save(tmp_path / "a.png", img)
     rc = main(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-q", *extra])
     assert rc == 1
@@ -244,7 +244,7 @@ def test_no_images_is_an_error(tmp_path, capsys):
 def test_refine_cli_reproduces_the_head(tmp_path, monkeypatch):
     from dslo.head import refine
 
-    img, _ = _picture(48, 64)
+    img, _ = colour_picture(48, 64)
     _save(tmp_path / "im.png", img)
     L = torch.rand(3, 5, 7)
     np.save(tmp_path / "l.npy", L.numpy())
@@ -269,7 +269,7 @@ def test_refine_cli_reproduces_the_head(tmp_path, monkeypatch):
 
 
 def test_refine_cli_checks_the_logits(tmp_path, capsys):
-    img, _ = _picture(16, 16)
+    img, _ = colour_picture(16, 16)
     _save(tmp_path / "im.png", img)
     np.save(tmp_path / "l.npy", np.zeros((2, 4, 4), np.float32))
     base = ["refine", "--logits-file", str(tmp_path / "l.npy"), "--image", str(tmp_path / "im.png"),
@@ -293,3 +293,14 @@ def test_models_lists_presets_and_registry(capsys, monkeypatch):
     info = json.loads(capsys.readouterr().out)
     assert info["models"]["attention"]["focus-s14"] is True and info["models"]["logits"]["clip-b16"] is False
     assert info["presets"]["offline"]["ready"] is True and info["presets"]["default"]["ready"] is False
+
+
+def test_a_bad_setting_is_one_line_without_a_traceback(tmp_path, capsys):
+    img = _save(tmp_path / "in" / "a.png", colour_picture()[0])
+    for setting, message in (("nms_treshold=0.6", "did you mean nms_threshold"),
+                             ("eps=0", "eps must be > 0")):
+        code = main(["segment", str(img), "--classes", "red, green", "--set", setting,
+                     "-o", str(tmp_path / "out"), "-q"])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "Traceback" not in err
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1

@@ -17,7 +17,7 @@ from PIL import Image
 from dslo.cli import main
 from dslo.outputs import class_colors, decode_rle
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA  # noqa: E402
 CAMVID = DATA / "camvid"
 # Small model inputs keep these tests to seconds on a CPU; the code path is the same at any size.
 FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
@@ -39,10 +39,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+def tiny_clip(clip_dir):
+    return clip_dir
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,18 @@ attention: the numbers are meaningless, the code path is the real one."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dslo.cli import main as cli_main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+from conftest import DATA, needs_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from dslo.testing import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+def tiny_clip(clip_dir):
+    return clip_dir
 
 
 def _eval_args(dataset, root, out, clip, *extra):

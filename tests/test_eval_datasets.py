@@ -11,8 +11,7 @@ from PIL import Image
 from dslo.eval.classes import builtin_class_files, parse_class_lines, read_class_file
 from dslo.eval.datasets import BENCHMARKS, DATASETS, DatasetLayoutError, get_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+from conftest import DATA, needs_data  # noqa: E402
 
 
 def _check_pairs(ds, max_label):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,7 @@ from dslo.eval.runner import (
 )
 from dslo.eval.scoring import prediction_path, read_prediction, score_predictions, write_prediction
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+from conftest import DATA, needs_data  # noqa: E402
 
 
 @dataclass

@@ -8,13 +8,21 @@ import pytest
 import torch
 from PIL import Image
 
-from dslo.head import HeadConfig, refine
+from dslo.head import HeadConfig, refine, seed_classes
 
 MODES = ["mv", "op", "kl", "none"]
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
     A = torch.rand(n, n, generator=torch.Generator().manual_seed(seed)) + 0.01
+    return A / A.sum(1, keepdim=True)
+
+
+def local_affinity(h: int, w: int, sigma: float = 1.0) -> torch.Tensor:
+    """Patches attend to their grid neighbours (a Gaussian of the grid distance), rows sum to 1."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    p = torch.stack([yy.flatten(), xx.flatten()], 1).float()
+    A = torch.exp(-torch.cdist(p, p) ** 2 / (2 * sigma**2))
     return A / A.sum(1, keepdim=True)
 
 
@@ -39,15 +47,25 @@ def test_patch_with_all_classes_suppressed_still_gets_a_label():
     L[0, :, 0] = 0.3
     L[1, :, 2] = 0.3
     L[:, :, 1] = 0.25
-    r = refine(L, row_stochastic(9), np.zeros((3, 3, 3), np.uint8), mode="mv", nms_threshold=0.9)
+    r = refine(L, row_stochastic(9), np.zeros((3, 3, 3), np.uint8), mode="mv", nms_threshold=0.9,
+               upsample="bilinear")  # same size: the labels are the patches' own
     assert r.labels.shape == (3, 3) and set(r.labels.unique().tolist()) <= {0, 1}
+    assert (r.labels[:, 0] == 0).all() and (r.labels[:, 2] == 1).all()  # the seeds keep their class
 
 
 def test_every_patch_ambiguous_falls_back_to_argmax_seeds():
     L = torch.full((4, 3, 3), 0.2)
     L[2, 1, 1] = 0.21
-    r = refine(L, row_stochastic(9), np.zeros((6, 6, 3), np.uint8), mode="mv", nms_threshold=0.9)
-    assert torch.isfinite(r.scores).all() and r.labels.shape == (6, 6)
+    cfg = HeadConfig(nms_threshold=0.9, upsample="bilinear")
+    a, kept = seed_classes(L.reshape(4, 9), cfg)
+    # The fallback seeds each patch's arg-max class(es): only class 2 at the centre patch (4), all
+    # four tied classes elsewhere; never every class everywhere.
+    assert kept.tolist() == [0, 1, 2, 3]
+    assert (a[:, 4] > 0).tolist() == [False, False, True, False]
+    assert (a[:, [0, 1, 2, 3, 5, 6, 7, 8]] > 0).all()
+    r = refine(L, row_stochastic(9), np.zeros((3, 3, 3), np.uint8), mode="mv", config=cfg)
+    assert torch.isfinite(r.scores).all() and r.labels.shape == (3, 3)
+    assert r.labels[1, 1] == 2  # seeding every class at the centre too would tie it to class 0
 
 
 def test_single_patch():
@@ -58,10 +76,13 @@ def test_single_patch():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_non_square_grid_and_odd_image_sizes(mode):
-    L = torch.rand(3, 5, 9)
-    r = refine(L, row_stochastic(45), np.zeros((37, 71, 3), np.uint8), mode=mode)
+    L = 0.2 + 0.01 * torch.rand(3, 5, 9)
+    for c in range(3):  # class c leads in columns 3c..3c+2
+        L[c, :, 3 * c : 3 * c + 3] += 0.1
+    r = refine(L, local_affinity(5, 9), np.zeros((37, 71, 3), np.uint8), mode=mode)
     assert r.labels.shape == (37, 71) and r.labels.dtype == torch.int64
-    assert r.labels.min() >= 0 and r.labels.max() < 3
+    centres = [r.labels[18, round((3 * c + 1.5) * 71 / 9)].item() for c in range(3)]
+    assert centres == [0, 1, 2], centres
 
 
 def test_logits_on_another_grid_are_resized_to_the_affinity_grid():
@@ -176,3 +197,25 @@ def test_head_recovers_regions_where_raw_argmax_fails():
     assert raw < 0.8, raw
     assert mv >= 0.9, (mv, raw)
     assert op >= 0.9, (op, raw)
+
+
+def test_head_config_is_frozen_and_checked_at_construction():
+    import dataclasses
+
+    from dslo.errors import SettingsError
+
+    assert issubclass(SettingsError, TypeError) and issubclass(SettingsError, ValueError)
+    cfg = HeadConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.eps = 0.2
+    bad = [dict(nms_threshold=1.0), dict(nms_threshold=0.0), dict(delta=0.0), dict(eps=-0.1),
+           dict(eps="0.1"), dict(sigma_range=float("nan")), dict(top_k=0), dict(max_steps=0),
+           dict(upsample="bicubic"), dict(readout="primal"), dict(op_cost="cosine"), dict(interpolate=1)]
+    for settings in bad:
+        with pytest.raises(SettingsError):
+            HeadConfig(**settings)
+        with pytest.raises(SettingsError):
+            refine(torch.rand(2, 3, 3), row_stochastic(9), np.zeros((3, 3, 3), np.uint8), **settings)
+    with pytest.raises(SettingsError, match="did you mean bilinear"):
+        cfg.replace(upsample="bilnear")
+    assert cfg.replace(top_k=None, eps=1).changed() == {"top_k": None, "eps": 1}

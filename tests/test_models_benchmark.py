@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "models_speed.py"
 
 
+@pytest.mark.slow
 def test_models_speed_smoke(tmp_path):
     out_json = tmp_path / "rows.json"
     env = {**os.environ, "DSLO_CACHE_DIR": str(tmp_path / "cache")}

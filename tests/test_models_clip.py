@@ -10,12 +10,6 @@ import torch.nn.functional as F
 
 from dslo.models import create_attention_model, create_logits_model
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.testing import make_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from dslo.models import create_attention_model, weights_available
 from dslo.models.focus import FOCUS_INPUT_SIZE, cached_model_dir, onnx_path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA  # noqa: E402
 CAMVID_IMAGE = DATA / "camvid" / "test" / "0001TP_008550.png"
 
 

@@ -1,10 +1,5 @@
-"""The segmenter's composition, with small colour-based stand-ins for the models and the real head.
-
-The stand-ins follow dslo.models' contract: ``logits(image, classes) -> (K, h, w)`` cosine-like
-scores and ``affinity(image) -> (A (N, N) row-stochastic, (h, w))``. They "see" colour: a class
-named after a colour scores high on patches of that colour, so on a picture made of coloured
-regions the right answer is known without any hard-coded label map.
-"""
+"""The segmenter's composition, with the colour stand-ins of ``standins.py`` for the models and
+the real head."""
 
 import json
 
@@ -15,68 +10,9 @@ from PIL import Image
 
 import dslo
 from dslo import segmenter as seg_mod
+from dslo.head import HeadConfig
 from dslo.segmenter import Segmenter, create_segmenter, list_presets, resolve_device, upsample_argmax
-
-COLOURS = {"red": (1.0, 0.1, 0.1), "green": (0.1, 1.0, 0.1), "blue": (0.1, 0.1, 1.0), "sky": (0.1, 0.1, 1.0)}
-
-
-def _patch_colours(image: np.ndarray, patch: int) -> torch.Tensor:
-    t = torch.from_numpy(np.array(image)).float().permute(2, 0, 1)[None] / 255.0
-    h, w = max(1, image.shape[0] // patch), max(1, image.shape[1] // patch)
-    return torch.nn.functional.adaptive_avg_pool2d(t, (h, w))[0]  # (3, h, w)
-
-
-class ColourLogits:
-    """Cosine similarity between a patch's mean colour and the class's colour word, squashed into
-    CLIP's typical 0.1-0.35 range; the class score is the max over its synonyms."""
-
-    def __init__(self, patch: int = 16):
-        self.patch = patch
-        self.calls = []
-
-    def logits(self, image, classes):
-        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2] == 3
-        self.calls.append((image.shape, classes))
-        f = torch.nn.functional.normalize(_patch_colours(image, self.patch), dim=0)
-        out = []
-        for syns in classes:
-            best = None
-            for s in syns:
-                c = torch.tensor(COLOURS.get(s, (0.33, 0.33, 0.33)))
-                sim = 0.1 + 0.25 * torch.einsum("c,chw->hw", torch.nn.functional.normalize(c, dim=0), f)
-                best = sim if best is None else torch.maximum(best, sim)
-            out.append(best)
-        return torch.stack(out)
-
-
-class ColourAffinity:
-    """Row-stochastic affinity from colour distances between patches (like a self-attention map)."""
-
-    def __init__(self, patch: int = 8):
-        self.patch = patch
-
-    def affinity(self, image):
-        f = _patch_colours(image, self.patch)
-        h, w = f.shape[1:]
-        x = f.reshape(3, -1).T
-        A = torch.softmax(-torch.cdist(x, x) ** 2 / 0.02, dim=1)
-        # A little uniform mass, as real attention has: every patch reachable, no denormals.
-        A = 0.99 * A + 0.01 / A.shape[1]
-        return A, (h, w)
-
-
-def _picture(h=96, w=128, noise=6.0):
-    """Left third red, middle third green, right third blue (+ a little noise)."""
-    rng = np.random.default_rng(0)
-    img = np.zeros((h, w, 3), np.float64)
-    truth = np.zeros((h, w), np.int64)
-    for i, name in enumerate(("red", "green", "blue")):
-        sl = slice(i * w // 3, (i + 1) * w // 3 if i < 2 else w)
-        img[:, sl] = np.array(COLOURS[name]) * 220
-        truth[:, sl] = i
-    img += rng.normal(0, noise, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), truth
-
+from standins import ColourAffinity, ColourLogits, colour_picture
 
 @pytest.fixture
 def seg():
@@ -85,7 +21,7 @@ def seg():
 
 
 def test_segments_coloured_regions(seg):
-    img, truth = _picture()
+    img, truth = colour_picture()
     r = seg.predict(img, "red, green, blue")
     assert r.labels.shape == truth.shape and r.labels.dtype == np.int64
     assert (r.labels == truth).mean() > 0.95
@@ -95,7 +31,7 @@ def test_segments_coloured_regions(seg):
 
 
 def test_every_image_form_gives_the_same_labels(seg, tmp_path):
-    img, _ = _picture()
+    img, _ = colour_picture()
     path = tmp_path / "pic.png"
     Image.fromarray(img).save(path)
     forms = [img, Image.fromarray(img), torch.from_numpy(img).permute(2, 0, 1).contiguous(),
@@ -107,7 +43,7 @@ def test_every_image_form_gives_the_same_labels(seg, tmp_path):
 
 
 def test_every_class_form_gives_the_same_labels(seg, tmp_path):
-    img, _ = _picture()
+    img, _ = colour_picture()
     f = tmp_path / "classes.txt"
     f.write_text("red\ngreen\nblue, navy\n")
     a = seg.predict(img, "red, green, blue")
@@ -120,7 +56,7 @@ def test_every_class_form_gives_the_same_labels(seg, tmp_path):
 
 
 def test_background_none_stuff_threshold(seg):
-    img, truth = _picture()
+    img, truth = colour_picture()
     # none: the blue third must go to one of the two classes given
     none = seg.predict(img, "red, green", background="none")
     assert none.class_names == ["red", "green"] and none.labels.max() <= 1
@@ -134,7 +70,7 @@ def test_background_none_stuff_threshold(seg):
 
     # threshold: blue patches are equally (un)like red and green → probability ~0.5 → background
     # (no noise here: at scale 40 a little colour noise already tips the balance)
-    img, truth = _picture(noise=0)
+    img, truth = colour_picture(noise=0)
     thr = seg.predict(img, "red, green", background=0.7)
     assert thr.class_names == ["background", "red", "green"]
     assert thr.background == {"policy": "threshold", "class_id": 0, "threshold": 0.7, "scale": 40.0}
@@ -147,7 +83,7 @@ def test_background_none_stuff_threshold(seg):
 
 def test_threshold_reads_the_clip_class_softmax(seg):
     """The background mask is exactly {max_c softmax(40 L)_c < t}, upsampled to the image."""
-    img, _ = _picture(64, 64)
+    img, _ = colour_picture(64, 64)
     L = seg.logits_model.logits(img, [["red"], ["green"]])
     conf = torch.softmax(40 * L, 0).amax(0)
     conf = torch.nn.functional.interpolate(conf[None, None], size=(64, 64), mode="bilinear",
@@ -158,19 +94,19 @@ def test_threshold_reads_the_clip_class_softmax(seg):
 
 def test_segmenter_default_background(seg):
     s2 = Segmenter(seg.logits_model, seg.attention_model, max_side=None, background="stuff")
-    img, _ = _picture()
+    img, _ = colour_picture()
     assert s2.predict(img, "red, green").class_names[0] == "background"
     assert s2.predict(img, "red, green", background="none").class_names == ["red", "green"]
 
 
 def test_background_class_name_conflict(seg):
-    img, _ = _picture()
+    img, _ = colour_picture()
     with pytest.raises(ValueError, match="named 'background'"):
         seg.predict(img, "background, red", background="stuff")
 
 
 def test_large_images_are_downscaled_for_models_and_labels_come_back_full_size():
-    img, truth = _picture(300, 480)
+    img, truth = colour_picture(300, 480)
     s = Segmenter(ColourLogits(), ColourAffinity(), max_side=120)
     r = s.predict(img, "red, green, blue")
     assert s.logits_model.calls[-1][0] == (75, 120, 3)  # the models saw the downscaled image
@@ -190,7 +126,7 @@ def test_upsample_argmax_matches_full_bilinear_interpolation():
 
 
 def test_result_outputs(seg, tmp_path):
-    img, _ = _picture()
+    img, _ = colour_picture()
     r = seg.predict(img, "red, green, blue", background="stuff")
     m = r.save_mask(tmp_path / "m.png")
     back = Image.open(m)
@@ -212,7 +148,7 @@ def test_result_outputs(seg, tmp_path):
 def test_refine_with_external_logits_equals_the_head(seg):
     from dslo.head import refine
 
-    img, _ = _picture()
+    img, _ = colour_picture()
     L = torch.rand(3, 6, 8)
     r = seg.refine(L, img, ["a", "b", "c"])
     A, grid = seg.attention_model.affinity(img)
@@ -235,15 +171,17 @@ def test_head_settings_reach_the_head(monkeypatch, seg):
     monkeypatch.setattr(seg_mod, "_head_refine", spy)
     s = Segmenter(seg.logits_model, seg.attention_model, mode="op", max_side=None,
                   head_settings={"nms_threshold": 0.6, "eps": 0.2})
-    img, _ = _picture()
+    img, _ = colour_picture()
     r = s.predict(img, "red, green, blue")
-    assert seen["mode"] == "op" and seen["nms_threshold"] == 0.6 and seen["eps"] == 0.2
+    cfg = seen["config"]
+    assert seen["mode"] == "op" and cfg.nms_threshold == 0.6 and cfg.eps == 0.2
+    assert cfg == HeadConfig(nms_threshold=0.6, eps=0.2)  # every other setting at its default
     assert seen["grid"] == (12, 16)
     assert r.model["head"]["eps"] == 0.2 and r.model["mode"] == "op"
 
 
 def test_bad_inputs(seg, tmp_path):
-    img, _ = _picture()
+    img, _ = colour_picture()
     with pytest.raises(ValueError, match="duplicate class name"):
         seg.predict(img, "red, Red")
     bad = tmp_path / "bad.jpg"
@@ -333,6 +271,6 @@ def test_clip_attention_shares_the_logits_model(tmp_path):
     clip_dir = make_tiny_clip(tmp_path / "clip")
     s = create_segmenter("offline", logits=clip_dir, attention="clip", device="cpu")
     assert s.attention_model.clip is s.logits_model
-    img, truth = _picture()
+    img, truth = colour_picture()
     result = s.predict(img, ["red", "green", "blue"])
     assert result.labels.shape == truth.shape and set(np.unique(result.labels)) <= {0, 1, 2}

@@ -16,6 +16,9 @@ __all__ = [
     "create_attention_model",
     "create_segmenter",
     "list_presets",
+    "get_preset",
+    "Preset",
+    "SettingsError",
 ]
 
 _LAZY = {
@@ -23,7 +26,10 @@ _LAZY = {
     "create_logits_model": "dslo.models.registry",
     "create_attention_model": "dslo.models.registry",
     "create_segmenter": "dslo.segmenter",
-    "list_presets": "dslo.segmenter",
+    "list_presets": "dslo.presets",
+    "get_preset": "dslo.presets",
+    "Preset": "dslo.presets",
+    "SettingsError": "dslo.errors",
 }
 
 

@@ -92,14 +92,26 @@ def read_classes_file(path: str | os.PathLike) -> list[list[str]]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
     except UnicodeDecodeError as exc:
         raise ValueError(f"classes file {path} is not UTF-8 text: {exc}") from exc
+    return parse_class_lines(text, str(path))
+
+
+def parse_class_lines(text: str, source: str = "<text>") -> list[list[str]]:
+    """The text of a classes file → ``K`` synonym lists (the one parser of class lines).
+
+    One class per line, synonyms comma-separated; blank lines and ``#`` comment lines are skipped;
+    the result is checked by :func:`validate_classes`. Errors name ``source`` and the line.
+
+    >>> parse_class_lines("# provenance\\nsky\\nperson, man, woman\\n")
+    [['sky'], ['person', 'man', 'woman']]
+    """
     classes = [
-        _split_synonyms(line, f"{path}, line {lineno}")
+        _split_synonyms(line, f"{source}, line {lineno}")
         for lineno, line in enumerate(text.splitlines(), start=1)
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not classes:
-        raise ValueError(f"classes file {path} has no classes: write one class per line")
-    return validate_classes(classes, source=str(path))
+        raise ValueError(f"classes file {source} has no classes: write one class per line")
+    return validate_classes(classes, source=source)
 
 
 def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class list") -> list[list[str]]:
@@ -141,7 +153,14 @@ def validate_classes(classes: Sequence[Sequence[str]], source: str = "the class 
 
 
 def normalize_classes(classes: ClassesLike) -> list[list[str]]:
-    """Any accepted class form → ``K`` synonym lists (see the module docstring)."""
+    """Any accepted class form → ``K`` synonym lists (see the module docstring). The one meaning
+    of a class list in dslo: the segmenter, the CLIP logits model and the class files all use it.
+
+    >>> normalize_classes("cat, dog")              # a string: one class per comma
+    [['cat'], ['dog']]
+    >>> normalize_classes(["cat", "dog, puppy"])   # an item: one class, commas separate synonyms
+    [['cat'], ['dog', 'puppy']]
+    """
     if isinstance(classes, os.PathLike):
         return read_classes_file(classes)
     if isinstance(classes, str):

@@ -1,30 +1,33 @@
 """Segment your own images: a logits model (CLIP) + an attention model + the DSLO head.
 
     >>> import dslo
-    >>> seg = dslo.create_segmenter("default")                   # CLIP B/16 + DINOv2-reg + M.V.
-    >>> result = seg.predict("street.jpg", ["car", "person", "road"], background="stuff")
-    >>> result.save_mask("street.png"); result.overlay().save("street.overlay.png")
+    >>> seg = dslo.create_segmenter("default")  # CLIP B/16 + DINOv2-reg + M.V.  # doctest: +SKIP
+    >>> result = seg.predict("street.jpg", ["car", "person", "road"], background="stuff")  # doctest: +SKIP
+    >>> result.save_mask("street.png"); result.overlay().save("street.overlay.png")  # doctest: +SKIP
 
-Presets name a logits model, an attention model and a head mode; every setting can be overridden
-(``create_segmenter("default", mode="op", theta=0.6, logits="path/to/clip")``). Images larger than
-``max_side`` are downscaled for the models and the head; the label map always comes back at the
-original size (the head's scores are upsampled bilinearly, then the argmax is taken).
+(skipped here: they need the CLIP and DINOv2 weights). Settings are checked before any model loads:
+
+    >>> dslo.create_segmenter("default", mode="op", nms_treshold=0.6)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dslo.errors.SettingsError: unknown segmenter setting(s) ['nms_treshold']; did you mean nms_threshold? ...
+
+Presets (:mod:`dslo.presets`) name a logits model, an attention model and a head mode; every
+setting can be overridden (``create_segmenter("default", mode="op", nms_threshold=0.6,
+logits="path/to/clip")``). Images larger than ``max_side`` are downscaled for the models and the
+head; the label map always comes back at the original size (the head's scores are upsampled
+bilinearly, then the argmax is taken). The pieces live apart: presets in :mod:`dslo.presets`, the
+result in :mod:`dslo.result`, the head math in :mod:`dslo.head`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from dslo import outputs
 from dslo.classes import (
     BACKGROUND_NAME,
     BackgroundPolicy,
@@ -33,14 +36,22 @@ from dslo.classes import (
     normalize_classes,
     parse_background,
 )
+from dslo.errors import SettingsError, check_known
+from dslo.head import HeadConfig, get_mode, refine as _head_refine, upsample_argmax
 from dslo.imageio import ImageLike, resize_max_side, to_rgb_array
+from dslo.models.registry import check_model_name
 from dslo.models.weights import resolve_device
+from dslo.presets import PRESETS, Preset, get_preset, list_presets, resolve_preset
+from dslo.result import SegmentationResult
 
 __all__ = [
+    "DEFAULT_MAX_SIDE",
     "PRESETS",
+    "Preset",
     "Segmenter",
     "SegmentationResult",
     "create_segmenter",
+    "get_preset",
     "list_presets",
     "check_model_name",
     "resolve_device",
@@ -49,230 +60,39 @@ __all__ = [
 
 DEFAULT_MAX_SIDE = 1024
 
-# logits None = "the CLIP the user passes" (offline preset), falling back to clip-b16 when local.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {
-        "logits": "clip-b16", "attention": "dinov2-reg-b14", "mode": "mv",
-        "description": "CLIP B/16 (k-k) + DINOv2-reg B/14 attention + M.V.: the paper's best "
-                       "attention source, far cheaper than SD2",
-    },
-    "default-l14": {
-        "logits": "clip-l14", "attention": "dinov2-reg-b14", "mode": "mv",
-        "description": "the default preset with CLIP L/14",
-    },
-    "paper-mv": {
-        "logits": "clip-b16", "attention": "sd2", "mode": "mv",
-        "description": "the paper's main setting: CLIP B/16 (k-k) + SD2 attention + maximum velocity",
-    },
-    "paper-op": {
-        "logits": "clip-b16", "attention": "sd2", "mode": "op",
-        "description": "CLIP B/16 (k-k) + SD2 attention + optimal path",
-    },
-    "paper-mv-l14": {
-        "logits": "clip-l14", "attention": "sd2", "mode": "mv",
-        "description": "paper-mv with CLIP L/14",
-    },
-    "paper-op-l14": {
-        "logits": "clip-l14", "attention": "sd2", "mode": "op",
-        "description": "paper-op with CLIP L/14",
-    },
-    "offline": {
-        "logits": None, "attention": "focus-s14", "mode": "mv",
-        "description": "any CLIP you pass (--logits DIR) + the bundled focus-s14 ViT-S/14 "
-                       "attention: runs with no download",
-    },
-}
-
 # Settings of the segmenter itself; every other override must be a field of dslo.head.HeadConfig.
-_OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background",
-                 "logits_options", "attention_options")
-
-
-def list_presets() -> dict[str, dict]:
-    """Preset name → ``{"logits", "attention", "mode", "description"}`` (copies)."""
-    return {name: dict(p) for name, p in PRESETS.items()}
-
-
-def _suggest(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.4)
-    return f"; did you mean {' or '.join(close)}?" if close else "."
-
-
-def _is_path_like(name: object) -> bool:
-    return isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name))
-
-
-def check_model_name(kind: str, name: str | os.PathLike) -> None:
-    """Fail early, with the closest registry names, on a name that is neither a registry key, an
-    existing path nor a Hub id (``org/name``): most likely a typo."""
-    from dslo.models import list_models
-
-    name = os.fspath(name)
-    keys = list_models().get(kind, [])
-    if name in keys or os.path.exists(os.path.expanduser(name)) or "/" in name or os.sep in name:
-        return
-    other = "attention" if kind == "logits" else "logits"
-    hint = ""
-    if name in list_models().get(other, []):
-        hint = f" ({name!r} is a{'n' if other == 'attention' else ''} {other} model)"
-    raise ValueError(
-        f"unknown {kind} model {name!r}{hint}{_suggest(name, keys)} {kind.capitalize()} models: "
-        f"{', '.join(keys)}; or pass a local folder or a Hugging Face id 'org/name'"
-    )
-
-
-def _head_config_type():
-    from dslo.head import HeadConfig
-
-    return HeadConfig
-
-
-def _head_refine(*args, **kwargs):
-    from dslo.head import refine
-
-    return refine(*args, **kwargs)
-
-
-def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], band: int = 256) -> torch.Tensor:
-    """Argmax over classes of the bilinear upsampling of ``scores``, without materialising it.
-
-    scores: ``(K, h, w)`` float; size: ``(H, W)``. Returns ``(H, W)`` int64 indices into K, equal
-    (up to float rounding on near-ties) to ``F.interpolate(scores[None], size, mode="bilinear",
-    align_corners=False)[0].argmax(0)``. Bilinear resampling is separable: columns are
-    interpolated once (``K × h × W``), then rows band by band, so memory is ``K × band × W``
-    instead of ``K × H × W`` (a 12-megapixel photo with 10 classes would otherwise need ~0.5 GB).
-    """
-    if scores.ndim != 3:
-        raise ValueError(f"scores must be (K, h, w); got shape {tuple(scores.shape)}")
-    k, h, w = scores.shape
-    H, W = int(size[0]), int(size[1])
-    dtype = scores.dtype if scores.dtype == torch.float64 else torch.float32
-    s = scores.to(dtype)
-    c0, c1, cf = _linear_taps(W, w, s.device, dtype)
-    cols = torch.lerp(s[:, :, c0], s[:, :, c1], cf)  # (K, h, W)
-    r0, r1, rf = _linear_taps(H, h, s.device, dtype)
-    out = torch.empty((H, W), dtype=torch.int64, device=s.device)
-    for y0 in range(0, H, band):
-        sl = slice(y0, y0 + band)
-        rows = torch.lerp(cols[:, r0[sl]], cols[:, r1[sl]], rf[sl, None])  # (K, b, W)
-        out[sl] = rows.argmax(0)
-    return out
-
-
-def _linear_taps(out_n: int, in_n: int, device: torch.device, dtype: torch.dtype
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The two source indices and the weight of the second, for each of ``out_n`` outputs of 1-D
-    linear resampling with ``align_corners=False`` (PyTorch's convention: clamp at the border)."""
-    x = ((torch.arange(out_n, dtype=torch.float64) + 0.5) * (in_n / out_n) - 0.5).clamp(min=0)
-    i0 = x.floor().long().clamp(max=in_n - 1)
-    i1 = (i0 + 1).clamp(max=in_n - 1)
-    frac = (x - i0).to(dtype)
-    return i0.to(device), i1.to(device), frac.to(device)
-
-
-@dataclass
-class SegmentationResult:
-    """What :meth:`Segmenter.predict` returns.
-
-    labels: ``(H, W)`` int64 numpy array at the original image size, indices into ``class_names``.
-    scores: ``(K', h, w)`` float32 tensor, the head's per-class scores at the size the models saw
-        (``h, w`` ≤ ``max_side``) for the classes that survived early rejection;
-        ``score_class_ids[i]`` is the class id (index into ``class_names``) of ``scores[i]``.
-    class_names: display names; with a background policy, ``class_names[0] == "background"``.
-    classes: the synonym lists behind each class (the background's stuff words included).
-    background: the policy record (``BackgroundPolicy.describe()``).
-    model: the settings that produced the result (preset, models, mode, head settings...).
-    image: the ``(H, W, 3)`` uint8 image (for :meth:`overlay`).
-    image_name: the path the image came from, when it came from a file.
-    """
-
-    labels: np.ndarray
-    scores: torch.Tensor
-    score_class_ids: np.ndarray
-    class_names: list[str]
-    classes: list[list[str]]
-    background: dict
-    model: dict
-    image: np.ndarray = field(repr=False)
-    image_name: str | None = None
-
-    @property
-    def background_index(self) -> int | None:
-        return 0 if self.background.get("policy", "none") != "none" else None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the original image."""
-        return tuple(self.labels.shape)  # type: ignore[return-value]
-
-    def areas(self) -> dict[str, int]:
-        """Class name → number of pixels, for the classes present."""
-        counts = np.bincount(self.labels.reshape(-1), minlength=len(self.class_names))
-        return {self.class_names[c]: int(counts[c]) for c in np.flatnonzero(counts)}
-
-    def save_mask(self, path: str | os.PathLike) -> Path:
-        """P-mode palette PNG, pixel value = class id (written atomically)."""
-        return outputs.save_mask(path, self.labels, len(self.class_names), self.background_index)
-
-    def overlay(self, alpha: float = 0.5, legend: bool = True):
-        """A PIL RGB image: class colours over the image, plus a legend of the classes present."""
-        return outputs.overlay_image(self.image, self.labels, self.class_names,
-                                     self.background_index, alpha=alpha, legend=legend)
-
-    def save_overlay(self, path: str | os.PathLike, alpha: float = 0.5) -> Path:
-        return outputs.atomic_save_image(path, self.overlay(alpha=alpha))
-
-    def to_dict(self, image_name: str | None = None) -> dict:
-        """The JSON document as a dict (see docs/outputs.md)."""
-        name = image_name if image_name is not None else self.image_name
-        return outputs.result_json(name, self.labels, self.class_names, self.model, self.classes)
-
-    def to_json(self, image_name: str | None = None, indent: int | None = 1) -> str:
-        """``{"image", "width", "height", "classes", "model", "segments": [...]}`` as text;
-        one segment per class present with its pixel ``area`` and COCO ``rle``."""
-        return json.dumps(self.to_dict(image_name), indent=indent, ensure_ascii=False)
-
-    def save_json(self, path: str | os.PathLike, image_name: str | None = None) -> Path:
-        return outputs.save_json(path, self.to_dict(image_name))
-
-    def scores_record(self) -> dict:
-        """What ``STEM.scores.pt`` holds: the score tensor and how to read it."""
-        return {
-            "scores": self.scores.detach().to("cpu", torch.float32).contiguous(),
-            "class_ids": torch.as_tensor(self.score_class_ids, dtype=torch.int64),
-            "class_names": list(self.class_names),
-            "image_size": list(self.size),
-            "mode": self.model.get("mode"),
-        }
-
-    def save_scores(self, path: str | os.PathLike) -> Path:
-        return outputs.atomic_torch_save(path, self.scores_record())
+OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background", "head",
+                "logits_options", "attention_options")
 
 
 class Segmenter:
     """Composes a logits model, an attention model and the head. Build with :func:`create_segmenter`.
 
-    ``logits_model.logits(image, classes) -> (K, h, w)`` and
-    ``attention_model.affinity(image) -> (A (N, N), (h_a, w_a))`` follow dslo.models' contract.
+    The models follow :class:`dslo.models.LogitsModel` (``logits(image, classes) -> (K, h, w)``)
+    and :class:`dslo.models.AttentionSource` (``affinity(image) -> (A (N, N), (h_a, w_a))``).
+    ``head``: the head's settings; ``head_settings``: field overrides applied on top of it.
     """
 
-    def __init__(self, logits_model, attention_model, *, mode: str = "mv",
+    def __init__(self, logits_model, attention_model, *, mode: str = "mv", head: HeadConfig | None = None,
                  head_settings: dict | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
                  background: object = None, info: dict | None = None) -> None:
-        if mode not in ("mv", "op", "kl", "none"):
-            raise ValueError(
-                f"unknown mode {mode!r}; use mv (maximum velocity) or op (optimal path) "
-                "(kl: the ablation; none: CLIP logits upsampled, no head)"
-            )
+        get_mode(mode)
         if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
-            raise ValueError(f"max_side must be an integer >= 16 or None; got {max_side!r}")
+            raise SettingsError(f"max_side must be an integer >= 16 or None; got {max_side!r}")
+        if head is not None and not isinstance(head, HeadConfig):
+            raise SettingsError(f"head must be a dslo.head.HeadConfig, got {type(head).__name__}")
         self.logits_model = logits_model
         self.attention_model = attention_model
         self.mode = mode
-        self.head_settings = dict(head_settings or {})
+        self.head = (head or HeadConfig()).replace(**dict(head_settings or {}))
         self.max_side = max_side
         self.background = parse_background(background)
         self.info = dict(info or {})
+
+    @property
+    def head_settings(self) -> dict:
+        """The head settings that differ from the defaults."""
+        return self.head.changed()
 
     def __repr__(self) -> str:
         return (f"Segmenter(preset={self.info.get('preset')!r}, logits={self.info.get('logits')!r}, "
@@ -282,16 +102,11 @@ class Segmenter:
         """The record of every setting, stored in each output's ``model`` field."""
         from dslo import __version__
 
-        head = self.head_settings
-        try:
-            head = dataclasses.asdict(_head_config_type()(**self.head_settings))
-        except ImportError:  # pragma: no cover - the head ships with the package
-            pass
         rec = dict(self.info)
         rec.update({
             "mode": self.mode,
             "head": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                     for k, v in head.items()},
+                     for k, v in self.head.as_dict().items()},
             "max_side": self.max_side,
             "background": (background or self.background).describe(),
             "dslo_version": __version__,
@@ -401,7 +216,7 @@ class Segmenter:
         all_classes = ([[BACKGROUND_NAME]] + user) if policy.kind == "threshold" else head_classes
 
         affinity, grid = affinity if affinity is not None else self.attention_model.affinity(small)
-        res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), **self.head_settings)
+        res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), config=self.head)
 
         kept = torch.as_tensor(res.kept, dtype=torch.int64).cpu()
         H, W = rgb.shape[:2]
@@ -441,25 +256,6 @@ def _batched(model: Any, batch_method: str, method: str, smalls: list[np.ndarray
     return torch.stack(outs)
 
 
-def _resolve_preset(name_or_preset: str | os.PathLike) -> tuple[str, dict, dict]:
-    """→ (preset name, preset, implied overrides). A logits registry name or a CLIP folder in
-    place of a preset means the default preset with that logits model."""
-    if isinstance(name_or_preset, str) and name_or_preset in PRESETS:
-        return name_or_preset, dict(PRESETS[name_or_preset]), {}
-    if _is_path_like(name_or_preset):
-        return "default", dict(PRESETS["default"]), {"logits": os.fspath(name_or_preset)}
-    from dslo.models import list_models
-
-    logits_names = list_models().get("logits", [])
-    if name_or_preset in logits_names:
-        return "default", dict(PRESETS["default"]), {"logits": name_or_preset}
-    raise ValueError(
-        f"unknown preset {name_or_preset!r}{_suggest(str(name_or_preset), list(PRESETS) + logits_names)} "
-        f"Presets: {', '.join(PRESETS)}; a logits model name or a local CLIP folder also works "
-        "(`dslo models` lists them)"
-    )
-
-
 def _offline_logits_error() -> RuntimeError:
     from dslo.models import WeightsNotFoundError
 
@@ -472,47 +268,46 @@ def _offline_logits_error() -> RuntimeError:
     )
 
 
-def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str = "auto",
+def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", device: str = "auto",
                      **overrides: Any) -> Segmenter:
-    """Build a :class:`Segmenter` from a preset (see :func:`list_presets`) and overrides.
+    """Build a :class:`Segmenter` from a preset (a name from :func:`list_presets`, or a
+    :class:`dslo.presets.Preset`) and overrides.
 
     Overrides: ``logits`` / ``attention`` (registry name or local folder, replacing the preset's),
-    ``mode`` ("mv" | "op"), ``max_side`` (int or None), ``dtype`` (passed to both models),
-    ``background`` (the default policy of :meth:`Segmenter.predict`), ``logits_options`` /
-    ``attention_options`` (dicts of model overrides) and any field of ``dslo.head.HeadConfig``.
-    Missing weights raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
+    ``mode`` (a key of ``dslo.head.MODE_TABLE``), ``max_side`` (int or None), ``dtype`` (passed to
+    both models), ``background`` (the default policy of :meth:`Segmenter.predict`),
+    ``logits_options`` / ``attention_options`` (dicts of model settings, on top of the preset's),
+    ``head`` (a :class:`dslo.head.HeadConfig` replacing the preset's) and any field of
+    ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
+    raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
     """
     from dslo.models import create_attention_model, create_logits_model, weights_available
 
-    preset_name, preset, implied = _resolve_preset(name_or_preset)
+    preset, implied = resolve_preset(name_or_preset)
     overrides = {**implied, **overrides}
-    head_fields = {f.name for f in dataclasses.fields(_head_config_type())}
-    unknown = [k for k in overrides if k not in _OWN_SETTINGS and k not in head_fields]
-    if unknown:
-        choices = list(_OWN_SETTINGS) + sorted(head_fields)
-        raise ValueError(
-            f"unknown setting {unknown[0]!r}{_suggest(unknown[0], choices)} "
-            f"Settings: {', '.join(choices)}"
-        )
-    head_settings = {k: v for k, v in overrides.items() if k in head_fields}
-    if "mode" in head_settings:  # the head's own name for it, if it has one, wins over the preset
-        overrides.setdefault("mode", head_settings.pop("mode"))
+    check_known("segmenter", overrides, OWN_SETTINGS + HeadConfig.fields())
+    head = overrides.get("head") or preset.head
+    if not isinstance(head, HeadConfig):
+        raise SettingsError(f"head must be a dslo.head.HeadConfig, got {type(head).__name__}")
+    head = head.replace(**{k: v for k, v in overrides.items() if k in HeadConfig.fields()})
+    mode = overrides.get("mode") or preset.mode
+    get_mode(mode)
     dev = resolve_device(device)
 
-    logits_name = overrides.get("logits") or preset["logits"]
+    logits_name = overrides.get("logits") or preset.logits
     if logits_name is None:  # offline preset with no CLIP given
         if not weights_available("clip-b16"):
             raise _offline_logits_error()
         logits_name = "clip-b16"
-    attention_name = overrides.get("attention") or preset["attention"]
+    attention_name = overrides.get("attention") or preset.attention
     check_model_name("logits", logits_name)
     check_model_name("attention", attention_name)
     model_kw: dict[str, Any] = {}
     if overrides.get("dtype") not in (None, "auto"):
         model_kw["dtype"] = overrides["dtype"]
-    logits_model = create_logits_model(os.fspath(logits_name), device=str(dev),
-                                       **model_kw, **dict(overrides.get("logits_options") or {}))
-    attention_options = dict(overrides.get("attention_options") or {})
+    logits_options = {**preset.logits_options, **dict(overrides.get("logits_options") or {})}
+    logits_model = create_logits_model(os.fspath(logits_name), device=str(dev), **model_kw, **logits_options)
+    attention_options = {**preset.attention_options, **dict(overrides.get("attention_options") or {})}
     if os.fspath(attention_name) == "clip" and "clip" not in attention_options:
         # CLIP's own attention: reuse the logits model (one tower in memory, one forward shared)
         # instead of loading a second CLIP.
@@ -520,7 +315,7 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
     attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
                                              **model_kw, **attention_options)
     info = {
-        "preset": preset_name,
+        "preset": preset.name,
         "logits": os.fspath(logits_name),
         "attention": os.fspath(attention_name),
         "device": str(dev),
@@ -529,8 +324,8 @@ def create_segmenter(name_or_preset: str | os.PathLike = "default", device: str 
     return Segmenter(
         logits_model,
         attention_model,
-        mode=overrides.get("mode") or preset["mode"],
-        head_settings=head_settings,
+        mode=mode,
+        head=head,
         max_side=overrides.get("max_side", DEFAULT_MAX_SIDE),
         background=overrides.get("background"),
         info=info,

@@ -6,7 +6,9 @@ The weights are random (seeded): outputs are meaningless, shapes and code paths 
 
     >>> from dslo.testing import make_tiny_clip
     >>> from dslo.models import create_logits_model
-    >>> model = create_logits_model(make_tiny_clip(tmp_path / "clip"), device="cpu")
+    >>> model = create_logits_model(make_tiny_clip(tmp_path / "clip"), device="cpu", short_side=64)
+    >>> tuple(model.logits(np.zeros((32, 32, 3), np.uint8), ["cat", ["dog", "puppy"]]).shape)
+    (2, 4, 4)
 
 Signatures are stable: ``make_tiny_*(path, **small_overrides) -> Path`` (the directory written).
 """

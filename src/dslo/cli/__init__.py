@@ -7,6 +7,10 @@ import argparse
 import importlib
 import sys
 
+from dslo.cli._args import parse_setting  # public: KEY=VALUE as the CLI reads it (benchmarks use it)
+
+__all__ = ["build_parser", "main", "parse_setting"]
+
 # (module, description) — modules are imported lazily so `dslo --help` stays fast.
 _SUBCOMMANDS = [
     "dslo.cli.segment",

@@ -21,3 +21,19 @@ def parse_setting(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key, value
+
+
+MODE_HELP = "head mode (default: the preset's); `dslo models` lists the modes"
+
+
+def mode_arg(text: str) -> str:
+    """``--mode``: a key of the head's mode table (imported on use, so building the parser stays
+    free of torch)."""
+    from dslo.head import MODES
+
+    if text not in MODES:
+        from dslo.errors import did_you_mean
+
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {text!r}: choose one of {', '.join(MODES)}{did_you_mean(text, MODES)}")
+    return text

@@ -30,7 +30,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def collect() -> dict:
     """``{"presets": {name: {..., "ready": bool}}, "models": {kind: {name: available}}}``."""
     from dslo.models import list_models, weights_available
-    from dslo.segmenter import list_presets
+    from dslo.presets import list_presets
 
     available: dict[str, bool] = {}
 
@@ -53,7 +53,10 @@ def collect() -> dict:
             ready = have(logits) and have(p["attention"])
             note = ""
         presets[name] = dict(p, ready=ready, note=note)
-    return {"presets": presets, "models": models}
+    from dslo.head import MODE_TABLE
+
+    modes = {name: m.description for name, m in MODE_TABLE.items()}
+    return {"presets": presets, "models": models, "modes": modes}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     for kind, entries in info["models"].items():
         print(f"\n{kind.capitalize()} models (--{kind} NAME, or a local folder):")
         print(_table([[n, yes(a)] for n, a in entries.items()], ["name", "weights local"]))
+    print("\nHead modes (--mode NAME):")
+    print(_table([[n, d] for n, d in info["modes"].items()], ["mode", "what it runs"]))
     missing = [n for entries in info["models"].values() for n, a in entries.items() if not a]
     if missing:
         print("\nModels without local weights are downloaded from the Hugging Face Hub on first "

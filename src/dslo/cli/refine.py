@@ -89,7 +89,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
     from dslo.models import create_attention_model
-    from dslo.segmenter import Segmenter, check_model_name, resolve_device
+    from dslo.models.registry import check_model_name
+    from dslo.models.weights import resolve_device
+    from dslo.segmenter import Segmenter
 
     classes = read_class_args(args)
     background = parse_background(args.background)

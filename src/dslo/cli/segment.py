@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dslo.cli._args import parse_setting
+from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
 
 OUTPUT_KINDS = {"mask": ".png", "overlay": ".overlay.png", "json": ".json", "scores": ".scores.pt"}
@@ -159,8 +159,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", type=parse_save, default=parse_save(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {DEFAULT_SAVE})")
-    p.add_argument("--mode", choices=("mv", "op", "kl", "none"),
-                   help="head: mv = maximum velocity, op = optimal path (default: the preset's)")
+    p.add_argument("--mode", type=mode_arg, metavar="MODE", help=MODE_HELP)
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
                    help="downscale larger images to this side for the models; masks stay at full "

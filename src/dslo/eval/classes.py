@@ -1,5 +1,6 @@
-"""Class-name files: one class per line in label order, synonyms comma-separated, lines starting
-with ``#`` are comments (provenance). The benchmark files ship in ``dslo/eval/classnames/``."""
+"""The benchmark class-name files shipped in ``dslo/eval/classnames/``, found by name. Their format
+(one class per line in label order, synonyms comma-separated, ``#`` lines are comments) is read by
+the one class parser, :func:`dslo.classes.parse_class_lines`."""
 
 from __future__ import annotations
 
@@ -8,27 +9,11 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from dslo.classes import parse_class_lines, read_classes_file
+
+__all__ = ["builtin_class_files", "file_sha256", "parse_class_lines", "read_class_file", "resolve_class_file"]
+
 BUILTIN_DIR = "classnames"
-
-
-def parse_class_lines(text: str, source: str = "<text>") -> list[list[str]]:
-    """Class-file text → list of synonym lists (one per class, in label order).
-
-    Blank lines and lines starting with ``#`` are skipped; synonyms are split on commas and
-    stripped. Raises ValueError naming ``source`` when a class line has an empty synonym.
-    """
-    classes: list[list[str]] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        names = [s.strip() for s in line.split(",")]
-        if any(not n for n in names):
-            raise ValueError(f"{source}:{lineno}: empty class name in {raw!r}")
-        classes.append(names)
-    if not classes:
-        raise ValueError(f"{source}: no class lines (one class per line, synonyms comma-separated)")
-    return classes
 
 
 def builtin_class_files() -> dict[str, Path]:
@@ -56,9 +41,9 @@ def resolve_class_file(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_class_file(name_or_path: str | os.PathLike) -> list[list[str]]:
-    """Read a class file (shipped name or path) into synonym lists."""
-    path = resolve_class_file(name_or_path)
-    return parse_class_lines(path.read_text(encoding="utf-8"), str(path))
+    """Read a class file (shipped name or path) into synonym lists, with the one parser of class
+    files (:func:`dslo.classes.read_classes_file`)."""
+    return read_classes_file(resolve_class_file(name_or_path))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

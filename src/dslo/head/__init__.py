@@ -2,21 +2,28 @@
 
 Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinity ``(N, N)`` and
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
+Imports only torch and the leaf :mod:`dslo.errors`. The modes are one table,
+:data:`MODE_TABLE` (``dslo.head.modes``); the settings one frozen record, :class:`HeadConfig`.
 """
 
-from .refine import MODES, HeadConfig, RefineResult, discrepancy, infer_grid, refine, seed_classes, upsample_maps
+from .config import HeadConfig
+from .modes import MODE_TABLE, MODES, Mode, discrepancy, get_mode, transport_matrix
+from .refine import RefineResult, infer_grid, refine, resize_to_grid, seed_classes, upsample_maps
 from .seeds import class_confidence, early_rejection, nms, normalize
 from .transport import ipf, optimal_path, sinkhorn
-from .upsample import guide_image, joint_bilateral_upsample
+from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 from .velocity import kl_map, maximum_velocity
 
 __all__ = [
     "MODES",
+    "MODE_TABLE",
     "HeadConfig",
+    "Mode",
     "RefineResult",
     "class_confidence",
     "discrepancy",
     "early_rejection",
+    "get_mode",
     "guide_image",
     "infer_grid",
     "ipf",
@@ -27,7 +34,10 @@ __all__ = [
     "normalize",
     "optimal_path",
     "refine",
+    "resize_to_grid",
     "seed_classes",
     "sinkhorn",
+    "transport_matrix",
+    "upsample_argmax",
     "upsample_maps",
 ]

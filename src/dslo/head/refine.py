@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,45 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float, check_finite, check_square
+from .config import HeadConfig
+from .modes import MODES, discrepancy, get_mode, transport_matrix
 from .seeds import early_rejection, nms, normalize
-from .transport import ipf, optimal_path
 from .upsample import guide_image, joint_bilateral_upsample
-from .velocity import kl_map, maximum_velocity
 
-MODES = ("mv", "op", "kl", "none")
-
-
-@dataclass
-class HeadConfig:
-    """Every setting of the head, with the SPEC defaults."""
-
-    nms_scale: float = 40.0  # logit scale s of the class softmax used by NMS
-    nms_threshold: float = 0.5  # θ: class probability below which a patch logit is suppressed
-    norm_scale: float = 1.0  # r: temperature of the per-class softmax over patches (SPEC: measured best)
-    top_k: int | None = 10  # early rejection: classes kept when K > top_k_above (None: no limit)
-    top_k_above: int = 21
-    ipf_iters: int = 15  # rounds of IPF making the affinity doubly stochastic
-    op_cost: str = "ipf"  # O.P. cost: "ipf" (doubly stochastic affinity, default) or "attention" (raw A)
-    eps: float = 0.1  # O.P. entropic regularisation
-    sinkhorn_iters: int = 50
-    readout: str = "cost"  # O.P. readout: "cost" or "dual"
-    normalize_max: bool = True  # O.P.: divide each class map by its maximum
-    delta: float = 0.3  # M.V. arrival threshold on the max-normalised chain
-    max_steps: int = 1000
-    interpolate: bool = True  # M.V.: interpolate arrival steps linearly
-    upsample: str = "jbu"  # "jbu" or "bilinear"
-    sigma_spatial: float = 1.0
-    sigma_range: float = 0.1
-    jbu_radius: int | None = None  # default ceil(3 σ_s)
-    jbu_max_side: int | None = None  # JBU at most at this size, then bilinear to the image size
-
-    def replace(self, **settings: Any) -> "HeadConfig":
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TypeError(f"unknown head setting(s) {unknown}; valid settings: {sorted(names)}")
-        return dataclasses.replace(self, **settings)
-
+__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "infer_grid", "refine", "resize_to_grid",
+           "seed_classes", "transport_matrix", "upsample_maps"]
 
 @dataclass
 class RefineResult:
@@ -97,19 +64,11 @@ def seed_classes(flat: torch.Tensor, cfg: HeadConfig) -> tuple[torch.Tensor, tor
     return a, kept
 
 
-def discrepancy(a: torch.Tensor, affinity: torch.Tensor, mode: str, cfg: HeadConfig) -> torch.Tensor:
-    """``(K', N)`` class distributions → ``(K', N)`` discrepancy maps (larger = more of the class)."""
-    if mode == "kl":
-        return kl_map(a)
-    T = ipf(affinity, cfg.ipf_iters)
-    if mode == "mv":
-        return maximum_velocity(a, T, cfg.delta, cfg.max_steps, cfg.interpolate)
-    if mode == "op":
-        cost = T if cfg.op_cost == "ipf" else as_float(affinity, "affinity")
-        if cfg.op_cost not in ("ipf", "attention"):
-            raise ValueError(f"op_cost must be 'ipf' or 'attention', got {cfg.op_cost!r}")
-        return optimal_path(a, cost, cfg.eps, cfg.sinkhorn_iters, cfg.readout, cfg.normalize_max)
-    raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+def resize_to_grid(logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(K, h, w)`` → ``(K, *grid)``: bilinear when the grids differ, unchanged otherwise."""
+    if tuple(logits.shape[1:]) == tuple(grid):
+        return logits
+    return F.interpolate(logits[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
 
 
 def upsample_maps(maps: torch.Tensor, image: torch.Tensor, cfg: HeadConfig) -> torch.Tensor:
@@ -117,8 +76,6 @@ def upsample_maps(maps: torch.Tensor, image: torch.Tensor, cfg: HeadConfig) -> t
     H, W = image.shape[:2]
     if cfg.upsample == "bilinear":
         return F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    if cfg.upsample != "jbu":
-        raise ValueError(f"upsample must be 'jbu' or 'bilinear', got {cfg.upsample!r}")
     guide = image
     if cfg.jbu_max_side and max(H, W) > cfg.jbu_max_side:
         s = cfg.jbu_max_side / max(H, W)
@@ -151,15 +108,15 @@ def refine(
             closest to the logits' aspect ratio.
         image: ``(H, W, 3)`` uint8 numpy / PIL, or a float tensor in [0, 1] (``(H, W, 3)`` or
             ``(3, H, W)``): the output size and the JBU guide.
-        mode: ``"mv"`` maximum velocity, ``"op"`` optimal path, ``"kl"`` KL ablation, ``"none"``
-            bilinear upsampling of the logits and arg-max (no head).
+        mode: a key of :data:`dslo.head.modes.MODE_TABLE`: ``"mv"`` maximum velocity, ``"op"``
+            optimal path, ``"kl"`` KL ablation, ``"none"`` bilinear upsampling of the logits and
+            arg-max (no head).
         config / settings: :class:`HeadConfig` and/or its fields as keywords.
     Returns:
         :class:`RefineResult` on the logits' device.
     """
     cfg = (config or HeadConfig()).replace(**settings)
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    head_mode = get_mode(mode)
     L = as_float(logits, "logits")
     if L.ndim != 3 or L.shape[0] == 0:
         raise ValueError(f"logits must be (K, h, w) with K >= 1, got shape {tuple(L.shape)}")
@@ -170,7 +127,7 @@ def refine(
     img = guide_image(image, device=L.device, dtype=L.dtype)
     K = L.shape[0]
 
-    if mode == "none":
+    if not head_mode.runs_head:
         up = F.interpolate(L[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0]
         kept = torch.arange(K, device=L.device)
         return RefineResult(up.argmax(0), up, kept, tuple(L.shape[1:]))
@@ -180,11 +137,10 @@ def refine(
         grid = tuple(L.shape[1:]) if L.shape[1] * L.shape[2] == N else infer_grid(N, tuple(L.shape[1:]))
     if grid[0] * grid[1] != N:
         raise ValueError(f"grid {tuple(grid)} does not match affinity of shape {tuple(A.shape)}")
-    if tuple(L.shape[1:]) != tuple(grid):
-        L = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+    L = resize_to_grid(L, grid)
 
     a, kept = seed_classes(L.reshape(K, N), cfg)
-    D = discrepancy(a, A, mode, cfg).reshape(len(kept), *grid)
+    D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg)).reshape(len(kept), *grid)
     scores = upsample_maps(D, img, cfg)
     labels = kept[scores.argmax(0)]
     return RefineResult(labels, scores, kept, tuple(grid))

@@ -7,16 +7,25 @@ created by name. Knows nothing of the head, the CLI or datasets (see docs/archit
 
 from __future__ import annotations
 
+from dslo.models.contracts import AttentionSource, LogitsModel
 from dslo.models.registry import (
+    check_model_name,
     create_attention_model,
     create_logits_model,
     list_models,
+    register_attention,
+    register_logits,
     weights_available,
 )
 from dslo.models.weights import WeightsNotFoundError, cache_dir
 
 __all__ = [
+    "AttentionSource",
+    "LogitsModel",
     "WeightsNotFoundError",
+    "check_model_name",
+    "register_attention",
+    "register_logits",
     "cache_dir",
     "create_attention_model",
     "create_logits_model",

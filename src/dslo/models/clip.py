@@ -11,14 +11,14 @@ length, so a batch carries little padding.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from dslo.classes import normalize_classes  # the one meaning of a class list
+from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.common import (
     CLIP_MEAN,
@@ -31,9 +31,10 @@ from dslo.models.common import (
     pixel_tensor,
 )
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import locate, read_json, resolve_dtype, weights_error
 
-__all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "normalize_classes"]
+__all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "load_clip_attention",
+           "normalize_classes"]
 
 ATTENTION_VARIANTS = ("kk", "qq", "qk")
 
@@ -52,25 +53,10 @@ class ClipSettings:
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention={self.attention!r}; use one of {ATTENTION_VARIANTS}")
+            raise SettingsError(f"attention={self.attention!r}; use one of {ATTENTION_VARIANTS}")
         if not self.templates or any("{}" not in t for t in self.templates):
-            raise ValueError("templates must be a non-empty list of strings each containing '{}'")
+            raise SettingsError("templates must be a non-empty list of strings each containing '{}'")
         object.__setattr__(self, "templates", tuple(self.templates))
-
-
-def normalize_classes(classes: Sequence[str | Sequence[str]]) -> list[list[str]]:
-    """``["sky", ["person", "man"]]`` → ``[["sky"], ["person", "man"]]``; every name stripped,
-    empty names refused. A plain string is one name (commas are *not* split here)."""
-    if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) == 0:
-        raise ValueError("classes must be a non-empty list of names or of lists of synonyms")
-    out = []
-    for i, c in enumerate(classes):
-        names = [c] if isinstance(c, str) else list(c)
-        names = [str(n).strip() for n in names]
-        if not names or any(not n for n in names):
-            raise ValueError(f"class {i} ({c!r}) has an empty name; give at least one non-empty name per class")
-        out.append(names)
-    return out
 
 
 def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
@@ -79,18 +65,6 @@ def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
     import inspect
 
     return (None, None) if "causal_attention_mask" in inspect.signature(layer.forward).parameters else (None,)
-
-
-def _read_json(source: str, filename: str, local_only: bool) -> dict | None:
-    path = Path(source) / filename
-    if Path(source).is_dir():
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(source, filename, local_files_only=local_only)).read_text("utf-8"))
-    except Exception:  # the file is optional: fall back to CLIP's statistics
-        return None
 
 
 class ClipLogitsModel:
@@ -121,7 +95,7 @@ class ClipLogitsModel:
         """A model sharing these weights with some settings changed (no reload), for ablations."""
         check_settings(f"logits model '{self.name}'", overrides, CLIP_SETTINGS)
         if "dtype" in overrides:
-            raise TypeError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
+            raise SettingsError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
         settings = replace(self.settings, **overrides)
         return ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
                                mean=self.mean, std=self.std, identity=self.identity)
@@ -200,7 +174,7 @@ class ClipLogitsModel:
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
         if variant not in ATTENTION_VARIANTS:
-            raise ValueError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
+            raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
         x, grid = self._last_block_input(to_rgb_array(image))
         with torch.inference_mode():
             _, attn = self._last_block(x, variant)
@@ -297,11 +271,15 @@ class ClipLogitsModel:
         """``(K, h, w)`` float32 cosine similarities; a class's score is the max over its synonyms.
 
         ``image``: path, PIL, ``(H, W, 3)`` uint8 array or tensor. ``classes``: K names or lists of
-        synonyms."""
+        synonyms, read by :func:`dslo.classes.normalize_classes` (in a name, commas separate
+        synonyms)."""
         return self.logits_batch([image], classes)[0]
 
     def logits_batch(self, images: Sequence[Any], classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """``(B, K, h, w)``: :meth:`logits` of images of one input size, one vision forward."""
+        if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
+            raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
+                             f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
         groups = normalize_classes(classes)
         names = list(dict.fromkeys(n for g in groups for n in g))
         index = {n: i for i, n in enumerate(names)}
@@ -317,7 +295,7 @@ class ClipAttentionSource:
 
     def __init__(self, clip: ClipLogitsModel, *, variant: str = "qk") -> None:
         if variant not in ATTENTION_VARIANTS:
-            raise ValueError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
+            raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
         self.clip, self.variant, self.name = clip, variant, "clip"
         self.device = clip.device
 
@@ -367,10 +345,32 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
                             offline_alternative=False) from exc
-    pre = _read_json(src, "preprocessor_config.json", local_only) or {}
+    pre = read_json(src, "preprocessor_config.json", local_only) or {}  # optional: CLIP statistics
     model = model.to(device)
     from dslo.models.text_cache import identity_of_source
 
     return ClipLogitsModel(model, tokenizer, name=name, settings=settings,
                            mean=pre.get("image_mean", CLIP_MEAN), std=pre.get("image_std", CLIP_STD),
                            identity=identity_of_source(src))
+
+
+def load_clip_attention(name: str, source: str | None, *, device: torch.device, clip: Any = None,
+                        variant: str = "qk", **overrides: Any) -> "ClipAttentionSource":
+    """CLIP's own attention as an attention source. ``clip``: a loaded :class:`ClipLogitsModel`
+    (shared as it is: one tower in memory), or a registry key / directory / Hub id of a CLIP
+    (default: ``source``, else ``clip-b16``) loaded with ``overrides``."""
+    from dslo.models.registry import create_logits_model
+
+    if clip is None:
+        clip = source or "clip-b16"
+    if not isinstance(clip, ClipLogitsModel):
+        clip = create_logits_model(clip, device=device, **overrides)
+    else:
+        # A loaded model is shared as it is; a dtype that agrees with it is accepted, so callers
+        # can pass the same settings to both models.
+        if "dtype" in overrides and resolve_dtype(overrides["dtype"], clip.device) == clip.dtype:
+            overrides.pop("dtype")
+        if overrides:
+            raise SettingsError(f"settings {sorted(overrides)} would need a new CLIP model; the one passed as "
+                                "clip= is shared as loaded (create it with those settings instead)")
+    return ClipAttentionSource(clip, variant=variant)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dslo.errors import check_known
 from dslo.imageio import to_rgb_array
 
 __all__ = [
@@ -99,10 +100,9 @@ def image_key(image: Any) -> tuple | None:
 
 
 def check_settings(kind: str, given: dict, allowed: Sequence[str]) -> None:
-    """Unknown overrides are an error naming the valid ones (a typo must not be ignored)."""
-    bad = sorted(set(given) - set(allowed))
-    if bad:
-        raise TypeError(f"unknown setting(s) {bad} for {kind}; valid settings: {sorted(allowed)}")
+    """Unknown overrides are a :class:`dslo.errors.SettingsError` naming the closest and the valid
+    ones (a typo must not be ignored)."""
+    check_known(kind, given, allowed)
 
 
 def one_image_memo() -> Callable:

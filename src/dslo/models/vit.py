@@ -14,13 +14,12 @@ eager-attention forward of every block replaced by SDPA, minus the last block's 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.common import (
     IMAGENET_MEAN,
@@ -30,7 +29,7 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
-from dslo.models.weights import locate, resolve_dtype, weights_error
+from dslo.models.weights import locate, read_json, resolve_dtype, weights_error
 
 __all__ = ["VitAttentionSettings", "VitAttentionSource", "load_vit_attention", "VIT_SETTINGS"]
 
@@ -48,11 +47,11 @@ class VitAttentionSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
-            raise ValueError("layers must name at least one block")
+            raise SettingsError("layers must name at least one block")
         if self.layer_weights is not None:
             w = tuple(float(x) for x in self.layer_weights)
             if len(w) != len(self.layers) or sum(w) <= 0 or min(w) < 0:
-                raise ValueError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
+                raise SettingsError(f"layer_weights {self.layer_weights} must be {len(self.layers)} non-negative "
                                  "numbers with a positive sum, one per entry of layers")
             object.__setattr__(self, "layer_weights", w)
         if self.head_weights is not None:
@@ -117,11 +116,11 @@ class VitAttentionSource:
         n = int(model.config.num_hidden_layers)
         bad = [i for i in settings.layers if not -n <= i < n]
         if bad:
-            raise ValueError(f"layers {bad} out of range for a {n}-block model")
+            raise SettingsError(f"layers {bad} out of range for a {n}-block model")
         self._layers = [i % n for i in settings.layers]
         heads = int(model.config.num_attention_heads)
         if settings.head_weights is not None and len(settings.head_weights) != heads:
-            raise ValueError(f"head_weights needs {heads} entries (one per head), got {len(settings.head_weights)}")
+            raise SettingsError(f"head_weights needs {heads} entries (one per head), got {len(settings.head_weights)}")
         self._attn_modules = _attention_modules(model)
         # ViTModel needs to be told to interpolate position embeddings; DINOv2 always does.
         self._kwargs = {"interpolate_pos_encoding": True} if model.config.model_type == "vit" else {}
@@ -210,17 +209,8 @@ class VitAttentionSource:
 
 
 def _preprocessor_stats(src: str, local_only: bool) -> tuple[Sequence[float], Sequence[float]]:
-    try:
-        if Path(src).is_dir():
-            f = Path(src) / "preprocessor_config.json"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            f = Path(hf_hub_download(src, "preprocessor_config.json", local_files_only=local_only))
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-        return cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD)
-    except Exception:  # optional file: DINO and DINOv2 both use the ImageNet statistics
-        return IMAGENET_MEAN, IMAGENET_STD
+    cfg = read_json(src, "preprocessor_config.json", local_only) or {}  # optional: ImageNet statistics
+    return cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD)
 
 
 def num_prefix_tokens(config: Any) -> int:

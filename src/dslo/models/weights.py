@@ -7,6 +7,7 @@ reachability probe, so an offline machine fails in about a second instead of wai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+
+from dslo.errors import SettingsError
 
 __all__ = [
     "WeightsNotFoundError",
@@ -23,6 +26,7 @@ __all__ = [
     "locate",
     "is_local_or_cached",
     "weights_error",
+    "read_json",
 ]
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
@@ -168,6 +172,21 @@ def locate(
     return source, False
 
 
+def read_json(source: str, filename: str, local_only: bool) -> dict | None:
+    """``filename`` of a local directory or a Hub repository as a dict; None when it is not there
+    (or cannot be fetched). The one reader of a checkpoint's JSON files (configs, preprocessor
+    statistics); callers decide whether a missing file is an error."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, filename, local_files_only=local_only)).read_text("utf-8"))
+    except Exception:  # not in the repository, not cached offline, or unreachable
+        return None
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (or None) → CUDA if available, else Apple MPS, else CPU; anything else is
     validated: an unknown name or an absent accelerator is a ``ValueError`` saying what to use."""
@@ -184,11 +203,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise SettingsError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+        raise SettingsError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} requested but MPS is not available; use device='cpu' or 'auto'")
+        raise SettingsError(f"device {device!r} requested but MPS is not available; use device='cpu' or 'auto'")
     return dev
 
 
@@ -207,11 +226,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *,
         return accelerator_default if device.type in ("cuda", "mps") else torch.float32
     if isinstance(dtype, str):
         if dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of auto, float32, float16, bfloat16")
+            raise SettingsError(f"unknown dtype {dtype!r}; use one of auto, float32, float16, bfloat16")
         dtype = _DTYPES[dtype.lower()]
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        raise SettingsError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
     if device.type == "cpu" and dtype != torch.float32:
-        raise ValueError(f"dtype {dtype} is only supported on an accelerator; "
+        raise SettingsError(f"dtype {dtype} is only supported on an accelerator; "
                          "on the CPU use dtype='float32' (or 'auto')")
     return dtype
