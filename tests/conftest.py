@@ -42,3 +42,12 @@ def device() -> torch.device:
     from dslo.models.weights import resolve_device
 
     return resolve_device(os.environ.get("DSLO_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_text_cache_by_default():
+    """Tests never read or fill the user's persistent text-embedding cache: it is off unless a
+    test turns it on with its own DSLO_CACHE_DIR (tests/test_text_cache.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSLO_TEXT_CACHE", "0")
+        yield
