@@ -230,8 +230,13 @@ def check_settings(args: argparse.Namespace, logits: str | None, attention: str 
     from dslo.models.options import check_model_options
     from dslo.presets import PRESETS
 
+    from dslo.segmenter import POST_PROCESSES
+
     settings = dict(args.settings)
     settings.pop("mode", None)  # --set mode=op is --mode op
+    post = settings.pop("post", None)  # the segmenter's post-process, not a head setting
+    if post is not None and post not in POST_PROCESSES:
+        raise SettingsError(f"--set post={post!r}; use one of {', '.join(POST_PROCESSES)}")
     preset = PRESETS.get(getattr(args, "model", None) or "")
     try:
         head = (preset.head if preset is not None else HeadConfig()).replace(**settings).as_dict()
@@ -261,6 +266,7 @@ def segment_request(args: argparse.Namespace, classes: list[list[str]], backgrou
         "attention": args.attention or p_attention,
         "mode": args.mode or dict(args.settings).get("mode") or p_mode,
         "head": head,
+        "post": dict(args.settings).get("post"),
         "logits_options": dict(sorted(dict(args.logits_options).items())),
         "attention_options": dict(sorted(dict(args.attention_options).items())),
         "max_side": args.max_side,
