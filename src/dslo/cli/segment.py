@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
-from dslo.outputs import OUTPUT_KINDS, output_location, outputs_exist, write_result
+from dslo.outputs import OUTPUT_KINDS, output_location, write_result
 from dslo.remote import location
 
 DEFAULT_SAVE = "mask,overlay,json"
@@ -440,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     n_new = len(todo) - len(failed)
     rate = f", {elapsed / len(todo):.2f} s/img" if todo else ""
-    redone = f" (--overwrite: every image redone)" if args.overwrite and todo else ""
+    redone = " (--overwrite: every image redone)" if args.overwrite and todo else ""
     print(
         f"dslo segment: {len(images)} image(s): {n_new} segmented, {done_before} already done "
         f"(skipped), {len(failed)} failed{rate}{redone} -> {out_dir}",

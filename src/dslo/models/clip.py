@@ -25,7 +25,6 @@ from dslo.models.common import (
     CLIP_STD,
     aspect_size,
     check_settings,
-    image_key,
     one_image_memo,
     patch_affinity,
     pixel_tensor,
