@@ -51,3 +51,22 @@ def _no_text_cache_by_default():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSLO_TEXT_CACHE", "0")
         yield
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    """dslo segment builds its segmenter through create_segmenter: swap in the colour stand-ins
+    (tests/standins.py). Returns the list of (name, device, overrides) it was called with."""
+    from dslo.segmenter import Segmenter
+    from standins import ColourAffinity, ColourLogits
+
+    calls = []
+
+    def create(name="default", device="auto", **overrides):
+        calls.append((name, device, overrides))
+        return Segmenter(ColourLogits(), ColourAffinity(), mode=overrides.get("mode", "mv"),
+                         max_side=overrides.get("max_side"), background=overrides.get("background"),
+                         info={"preset": name, "logits": "colour", "attention": "colour"})
+
+    monkeypatch.setattr("dslo.segmenter.create_segmenter", create)
+    return calls

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 
 from dslo.cli import main
-from test_cli import _save, fake_models  # noqa: F401 - fake_models is a fixture
+from standins import save_image as _save
 from standins import ColourAffinity, ColourLogits, colour_picture as _picture
 
 import dslo
