@@ -51,18 +51,12 @@ def register(subparsers) -> None:
 
 def _loader(args: argparse.Namespace):
     def load():
+        from dslo.cli.segment import segmenter_kwargs
         from dslo.segmenter import create_segmenter
 
-        overrides = dict(args.settings)
-        for key in ("logits", "attention"):
-            if getattr(args, key):
-                overrides[key] = getattr(args, key)
-        if args.logits_options:
-            overrides["logits_options"] = dict(args.logits_options)
-        if args.attention_options:
-            overrides["attention_options"] = dict(args.attention_options)
-        return create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                                max_side=args.max_side, **overrides)
+        # the page chooses mode and background per request; the loaded segmenter keeps the defaults
+        as_cli = argparse.Namespace(**{**vars(args), "mode": None})
+        return create_segmenter(args.model, **segmenter_kwargs(as_cli, background=None))
     return load
 
 
