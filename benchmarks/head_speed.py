@@ -87,13 +87,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="N = 1024 only, fewer repeats")
     ap.add_argument("--device", default="all", help="cpu, cuda or all (cpu + cuda when available)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--sides", type=int, nargs="+", help="grid sides (N = side²); default 32 64 (quick: 32)")
+    ap.add_argument("--classes", type=int, nargs="+", default=[5, 21, 150], help="K values (default 5 21 150)")
+    ap.add_argument("--repeat", type=int, help="timed runs per stage (default 5, quick 3)")
     args = ap.parse_args(argv)
-    sides = [32] if args.quick else [32, 64]
-    repeat = 3 if args.quick else 5
+    sides = args.sides or ([32] if args.quick else [32, 64])
+    repeat = args.repeat or (3 if args.quick else 5)
     rows = []
     for device in devices(args.device):
         for s in sides:
-            for K in (5, 21, 150):
+            for K in args.classes:
                 row = bench(s, K, device, repeat)
                 rows.append(row)
                 print(f"done N={row['N']} K={K} on {device.type}", file=sys.stderr)

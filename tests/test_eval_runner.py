@@ -230,3 +230,28 @@ def test_score_cli_reports_missing_predictions(tmp_path, capsys):
                      "--pred", str(tmp_path / "p"), "-q"])
     assert code == 1
     assert "233 of 233 predictions missing" in capsys.readouterr().err
+
+
+class BatchingFakeSegmenter(FakeSegmenter):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def predict_batch(self, images, classes, background=None):
+        self.batches.append(len(images))
+        return [self.predict(im, classes, background) for im in images]
+
+
+@needs_data
+def test_batch_size_gives_the_same_predictions_and_report(tmp_path):
+    ds = _camvid()
+    one = evaluate(ds, tmp_path / "one", FakeSegmenter, _request(ds), limit=7, progress=False)
+    seg = BatchingFakeSegmenter()
+    three = evaluate(ds, tmp_path / "three", lambda: seg, _request(ds), limit=7, progress=False, batch_size=3)
+    assert seg.batches == [3, 3] and seg.calls == 7  # the last, single image goes through predict
+    assert {k: three[k] for k in ("miou", "aacc", "per_class")} == {k: one[k] for k in ("miou", "aacc", "per_class")}
+    for s in ds.samples[:7]:
+        assert np.array_equal(read_prediction(prediction_path(tmp_path / "one" / PRED_DIR, s.stem)),
+                              read_prediction(prediction_path(tmp_path / "three" / PRED_DIR, s.stem)))
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(ds, tmp_path / "bad", FakeSegmenter, _request(ds), limit=1, progress=False, batch_size=0)

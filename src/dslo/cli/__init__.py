@@ -20,6 +20,7 @@ _SUBCOMMANDS = [
     "dslo.cli.score",
     "dslo.cli.evaluate",
     "dslo.cli.app",
+    "dslo.cli.cache",
 ]
 
 

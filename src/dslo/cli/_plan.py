@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from dslo.provenance import describe_difference, output_state, read_request, request_id
+from dslo.provenance import is_output, describe_difference, output_state, read_request, request_id
 
 __all__ = ["check_output_dir", "check_output_names", "ResumePlan", "plan_resume", "remove_files"]
 
@@ -82,7 +82,7 @@ def plan_resume(images: Sequence, paths_of, kinds: Sequence[str], all_kinds: Seq
         extra = [paths_of(im, k) for k in others]
         if overwrite:
             plan.todo.append(im)
-            plan.remove[im] = [p for p in extra if p.is_file()]
+            plan.remove[im] = [p for p in extra if is_output(p)]
             continue
         st = output_state(wanted, extra, rid)
         if st.state == "done":
@@ -106,9 +106,16 @@ def stale_error(plan: ResumePlan, n_images: int, out_dir: Path) -> ValueError:
     )
 
 
-def remove_files(paths: Iterable[Path]) -> None:
+def remove_files(paths: Iterable[Path | str]) -> None:
+    from dslo import remote
+
     for p in paths:
+        if remote.is_uri(p):
+            if remote.exists(str(p)):
+                fs, path = remote.fs_path(str(p))
+                fs.delete_file(path)
+            continue
         try:
-            p.unlink()
+            Path(p).unlink()
         except FileNotFoundError:
             pass

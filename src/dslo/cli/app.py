@@ -51,19 +51,29 @@ def register(subparsers) -> None:
 
 def _loader(args: argparse.Namespace):
     def load():
+        from dslo.cli.segment import segmenter_kwargs
         from dslo.segmenter import create_segmenter
 
-        overrides = dict(args.settings)
-        for key in ("logits", "attention"):
-            if getattr(args, key):
-                overrides[key] = getattr(args, key)
-        if args.logits_options:
-            overrides["logits_options"] = dict(args.logits_options)
-        if args.attention_options:
-            overrides["attention_options"] = dict(args.attention_options)
-        return create_segmenter(args.model, device=args.device, dtype=args.dtype,
-                                max_side=args.max_side, **overrides)
+        # the page chooses mode and background per request; the loaded segmenter keeps the defaults
+        as_cli = argparse.Namespace(**{**vars(args), "mode": None})
+        return create_segmenter(args.model, **segmenter_kwargs(as_cli, background=None))
     return load
+
+
+def _request_maker(args: argparse.Namespace):
+    """``(classes, background, mode, nms_threshold) -> request``: the record ``dslo segment`` would
+    stamp into its outputs for the same models, settings and request (so the app's downloads are
+    byte for byte the CLI's files, provenance included)."""
+    from dslo.classes import parse_background
+    from dslo.cli.segment import segment_request
+
+    def make(classes, background: str, mode: str, nms_threshold: float | None) -> dict:
+        settings = [(k, v) for k, v in args.settings if k != "nms_threshold" or nms_threshold is None]
+        if nms_threshold is not None:
+            settings.append(("nms_threshold", float(nms_threshold)))
+        as_cli = argparse.Namespace(**{**vars(args), "settings": settings, "mode": mode})
+        return segment_request(as_cli, classes, parse_background(background, None))
+    return make
 
 
 def _check_port(host: str, port: int) -> None:
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from dslo.app.page import build_page
     from dslo.app.service import AppService
 
-    service = AppService(_loader(args))
+    service = AppService(_loader(args), request_of=_request_maker(args))
     page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5))
     page.queue(default_concurrency_limit=1)
     print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,

@@ -79,6 +79,9 @@ def register(subparsers) -> None:
                    help="auto (under torchrun: cuda:LOCAL_RANK), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from dslo.cli.segment import add_speed_args
+
+    add_speed_args(p)
     p.set_defaults(func=run)
 
 
@@ -148,7 +151,7 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
     report = evaluate(
         ds, out_dir, make_segmenter, request, limit=args.limit, shard=shard,
         background_threshold=args.background_threshold, progress=not args.quiet,
-        describe=describe_segmenter,
+        describe=describe_segmenter, batch_size=args.batch_size,
     )
     if report is not None:
         from dslo.eval.report import protocol_line
@@ -176,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         from dslo.cli._args import quiet_libraries
 
         quiet_libraries()
+    from dslo.cli.segment import apply_text_cache_flag
+
+    apply_text_cache_flag(args)
     _SEGMENTERS.clear()
     try:
         return _run(args)

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
-from dslo.outputs import OUTPUT_KINDS, output_location, outputs_exist, write_result
+from dslo.outputs import OUTPUT_KINDS, output_location, write_result
 from dslo.remote import location
 
 DEFAULT_SAVE = "mask,overlay,json"
@@ -194,6 +194,27 @@ def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset'
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return n
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--no-text-cache`` (shared by ``dslo segment`` and ``dslo eval``)."""
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="B",
+                   help="images per model pass (same-size images are batched; default 1). Larger "
+                        "batches pay off on a GPU; results are the same")
+    p.add_argument("--no-text-cache", action="store_true",
+                   help="do not read or write the on-disk text-embedding cache (same as DSLO_TEXT_CACHE=0)")
+
+
+def apply_text_cache_flag(args: argparse.Namespace) -> None:
+    if getattr(args, "no_text_cache", False):
+        os.environ["DSLO_TEXT_CACHE"] = "0"  # read by dslo.models.text_cache (and inherited by workers)
+
+
 def write_outputs(result, image: InputImage, out_dir: Path, kinds: Iterable[str],
                   request: dict | None = None) -> None:
     """Write the requested outputs of one result, each atomically and marked with the request that
@@ -209,8 +230,13 @@ def check_settings(args: argparse.Namespace, logits: str | None, attention: str 
     from dslo.models.options import check_model_options
     from dslo.presets import PRESETS
 
+    from dslo.segmenter import POST_PROCESSES
+
     settings = dict(args.settings)
     settings.pop("mode", None)  # --set mode=op is --mode op
+    post = settings.pop("post", None)  # the segmenter's post-process, not a head setting
+    if post is not None and post not in POST_PROCESSES:
+        raise SettingsError(f"--set post={post!r}; use one of {', '.join(POST_PROCESSES)}")
     preset = PRESETS.get(getattr(args, "model", None) or "")
     try:
         head = (preset.head if preset is not None else HeadConfig()).replace(**settings).as_dict()
@@ -240,6 +266,7 @@ def segment_request(args: argparse.Namespace, classes: list[list[str]], backgrou
         "attention": args.attention or p_attention,
         "mode": args.mode or dict(args.settings).get("mode") or p_mode,
         "head": head,
+        "post": dict(args.settings).get("post"),
         "logits_options": dict(sorted(dict(args.logits_options).items())),
         "attention_options": dict(sorted(dict(args.attention_options).items())),
         "max_side": args.max_side,
@@ -274,6 +301,7 @@ def register(subparsers) -> None:
     p.add_argument("--background-words", metavar="LIST",
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
     add_common_args(p)
+    add_speed_args(p)
     from dslo.scale import add_engine_args
 
     add_engine_args(p)
@@ -331,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
     from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, stale_error
     from dslo.classes import parse_background
 
+    apply_text_cache_flag(args)
     if args.background_words and str(args.background).strip().lower() != "stuff":
         raise ValueError("--background-words only applies with --background stuff; add it or drop the words")
     classes = read_class_args(args)
@@ -374,32 +403,44 @@ def run(args: argparse.Namespace) -> int:
 
         from dslo.cli._plan import remove_files
 
-        bar = tqdm(todo, unit="img", file=sys.stderr, disable=True if args.quiet else None,
+        bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=True if args.quiet else None,
                    dynamic_ncols=True)
         log_bar = bar if not bar.disable else None
-        for im in bar:
+        B = args.batch_size
+        for start in range(0, len(todo), B):
+            chunk = todo[start:start + B]
             try:
-                result = seg.predict(im.path, classes)
-                write_outputs(result, im, out_dir, args.save, request)
-                remove_files(plan.remove.get(im, ()))  # kinds of the old run no longer saved
-            except ImageReadError as exc:
-                failed.append(str(im.path))
-                _log(f"dslo segment: skipped {im.path}: {exc}", log_bar)
-            except MemoryError as exc:  # one image too large: report it, keep the batch going
+                results = seg.predict_batch([im.path for im in chunk], classes) if B > 1 else None
+            except MemoryError:  # the batch did not fit: redo it one image at a time
                 _release_memory()
-                failed.append(str(im.path))
-                _log(f"dslo segment: failed {im.path}: out of memory ({exc or 'allocation failed'}); "
-                     "try a smaller --max-side", log_bar)
-            except (ValueError, RuntimeError, OSError, TypeError) as exc:
-                failed.append(str(im.path))
-                oom = "memory" in str(exc).lower()
-                _log(f"dslo segment: failed {im.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                     + ("; try a smaller --max-side" if oom else ""), log_bar)
+                results = None
+            except (ImageReadError, ValueError, RuntimeError, OSError, TypeError):
+                results = None  # one bad image must not fail its batch: redo the chunk one by one
+            for k, im in enumerate(chunk):
+                try:
+                    result = results[k] if results is not None else seg.predict(im.path, classes)
+                    write_outputs(result, im, out_dir, args.save, request)
+                    remove_files(plan.remove.get(im, ()))  # kinds of the old run no longer saved
+                except ImageReadError as exc:
+                    failed.append(str(im.path))
+                    _log(f"dslo segment: skipped {im.path}: {exc}", log_bar)
+                except MemoryError as exc:  # one image too large: report it, keep the batch going
+                    _release_memory()
+                    failed.append(str(im.path))
+                    _log(f"dslo segment: failed {im.path}: out of memory ({exc or 'allocation failed'}); "
+                         "try a smaller --max-side", log_bar)
+                except (ValueError, RuntimeError, OSError, TypeError) as exc:
+                    failed.append(str(im.path))
+                    oom = "memory" in str(exc).lower()
+                    _log(f"dslo segment: failed {im.path}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                         + ("; try a smaller --max-side" if oom else ""), log_bar)
+                bar.update(1)
         bar.close()
     elapsed = time.perf_counter() - t0
     n_new = len(todo) - len(failed)
     rate = f", {elapsed / len(todo):.2f} s/img" if todo else ""
-    redone = f" (--overwrite: every image redone)" if args.overwrite and todo else ""
+    redone = " (--overwrite: every image redone)" if args.overwrite and todo else ""
     print(
         f"dslo segment: {len(images)} image(s): {n_new} segmented, {done_before} already done "
         f"(skipped), {len(failed)} failed{rate}{redone} -> {out_dir}",

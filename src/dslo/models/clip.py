@@ -4,7 +4,9 @@ Dense features: the vision tower runs unchanged up to its last block; that block
 recomputed as ``softmax(a bᵀ/√d) v`` with ``(a, b)`` = (k, k) by default (NACLIP), (q, q)
 (ClearCLIP) or (q, k) (vanilla), its residual and MLP dropped by default; then the final layer norm
 and the visual projection; CLS dropped; L2-normalised. Text: each query in the 80 ImageNet
-templates, embeddings normalised, averaged, re-normalised, cached per query.
+templates, embeddings normalised, averaged, re-normalised, cached per query in memory and on disk
+(:mod:`dslo.models.text_cache`); prompts are deduplicated and encoded in batches sorted by token
+length, so a batch carries little padding.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class ClipSettings:
     proxy_grid: str = "clip"  # proxyclip: clip (the proxy runs on CLIP's patch grid) | proxy (ProxyCLIP's own)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES)
     text_batch_size: int = 256
-    dtype: str = "auto"  # auto: float32 everywhere (CLIP is cheap; fp16 saves little)
+    dtype: str = "auto"  # auto: float16 on an accelerator (as the paper), float32 on the CPU
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_VARIANTS:
@@ -91,7 +93,8 @@ class ClipLogitsModel:
     """``logits(image, classes) -> (K, h, w)`` cosine similarities from a transformers CLIPModel."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, settings: ClipSettings,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 identity: str | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -102,6 +105,7 @@ class ClipLogitsModel:
         self.device, self.dtype = p.device, p.dtype
         self._text_cache: dict[str, torch.Tensor] = {}
         self.texts_encoded = 0  # names this model's text tower has embedded (cache misses)
+        self.identity = identity  # what the weights are (text_cache.identity_of_source); None: hash them
         max_pos = int(model.config.text_config.max_position_embeddings)
         self._max_len = min(int(getattr(tokenizer, "model_max_length", max_pos) or max_pos), max_pos)
 
@@ -119,7 +123,7 @@ class ClipLogitsModel:
             raise SettingsError("dtype cannot change without a reload; use create_logits_model(..., dtype=...)")
         settings = replace(self.settings, **overrides)
         out = ClipLogitsModel(self.model, self.tokenizer, name=self.name, settings=settings,
-                              mean=self.mean, std=self.std)
+                              mean=self.mean, std=self.std, identity=self.identity)
         if "proxy_source" in self.__dict__:
             out.proxy_source = self.proxy_source  # checked against settings.proxy at use
         return out
@@ -230,6 +234,22 @@ class ClipLogitsModel:
         x, grid, pixels = self._last_block_input(to_rgb_array(image))
         return self._features(x, grid, pixels, None)
 
+    def _last_block_input_batch(self, arrs: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(B, 1 + h*w, C)`` tokens entering the last block for images of one input size, and
+        the grid (each image's trunk memoised, so the CLIP attention source reuses the logits'
+        forward)."""
+        sizes = {self.input_size(a.shape[:2]) for a in arrs}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch needs images of one input size; got {sorted(sizes)}")
+        outs = [self._last_block_input(a) for a in arrs]
+        return torch.cat([x for x, _, _ in outs]), outs[0][1]
+
+    def dense_features_batch(self, images: Sequence[Any]) -> torch.Tensor:
+        """``(B, h, w, D)``: :meth:`dense_features` of images of one input size. Each image runs
+        its own forward: the peer methods' last blocks (:mod:`dslo.models.clip_methods`) are
+        written, and parity-tested, for one image."""
+        return torch.stack([self.dense_features(im) for im in images])
+
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
         if variant not in ATTENTION_VARIANTS:
@@ -242,28 +262,68 @@ class ClipLogitsModel:
 
     # ---- text side --------------------------------------------------------------------------
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """``(T, D)`` float32 L2-normalised text embeddings."""
-        out = []
+        """``(T, D)`` float32 L2-normalised text embeddings, row i for ``texts[i]``.
+
+        Each distinct prompt is encoded once; prompts are sorted by token length and batched, so
+        a batch is padded to (nearly) its own length instead of the longest prompt's."""
+        unique = list(dict.fromkeys(texts))
+        ids = self.tokenizer(unique, truncation=True, max_length=self._max_len)["input_ids"]
+        order = sorted(range(len(unique)), key=lambda i: len(ids[i]))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = torch.empty(len(unique), self.model.config.projection_dim, dtype=torch.float32, device=self.device)
         bs = max(1, int(self.settings.text_batch_size))
         with torch.inference_mode():
-            for i in range(0, len(texts), bs):
-                tok = self.tokenizer(texts[i:i + bs], padding=True, truncation=True,
-                                     max_length=self._max_len, return_tensors="pt")
-                ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-                pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
-                out.append(torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1))
-        return torch.cat(out)
+            for s in range(0, len(order), bs):
+                batch = order[s:s + bs]
+                width = max(len(ids[i]) for i in batch)
+                tok = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for r, i in enumerate(batch):
+                    tok[r, :len(ids[i])] = torch.as_tensor(ids[i])
+                    mask[r, :len(ids[i])] = 1
+                pooled = self.model.text_model(input_ids=tok.to(self.device),
+                                               attention_mask=mask.to(self.device)).pooler_output
+                out[batch] = torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1)
+        row = {t: i for i, t in enumerate(unique)}
+        return out[[row[t] for t in texts]]
+
+    def _embed_names(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Per name, the normalised mean of its normalised template embeddings (computed)."""
+        t = self.settings.templates
+        emb = self._encode_texts([tpl.format(n) for n in names for tpl in t]).view(len(names), len(t), -1)
+        return dict(zip(names, torch.nn.functional.normalize(emb.mean(1), dim=-1)))
+
+    def text_key(self) -> str:
+        """The identity of this model's text embeddings: weights (Hub id@commit, a digest of the
+        local files, or of the parameters for a model built in memory), dtype, context length;
+        templates apart (see :mod:`dslo.models.text_cache`)."""
+        if self.identity is None:
+            from dslo.models.text_cache import parameters_identity
+
+            self.identity = parameters_identity([self.model.text_model, self.model.text_projection])
+        return f"{self.identity}|dtype={str(self.dtype).replace('torch.', '')}|max_len={self._max_len}"
+
+    def _disk_cache(self):
+        from dslo.models.text_cache import TextEmbeddingCache, cache_enabled
+
+        return TextEmbeddingCache(self.text_key(), self.settings.templates) if cache_enabled() else None
 
     def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
         """``(Q, D)`` float32: per name, the normalised mean of its normalised template
-        embeddings. Cached per name for the life of the model."""
+        embeddings. Kept per name for the life of the model and in the on-disk cache."""
         todo = [n for n in dict.fromkeys(names) if n not in self._text_cache]
         if todo:
-            self.texts_encoded += len(todo)
-            t = self.settings.templates
-            emb = self._encode_texts([tpl.format(n) for n in todo for tpl in t]).view(len(todo), len(t), -1)
-            for n, e in zip(todo, torch.nn.functional.normalize(emb.mean(1), dim=-1)):
-                self._text_cache[n] = e
+            disk = self._disk_cache()
+            dim = int(self.model.config.projection_dim)
+            found = disk.get_many(todo, dim) if disk is not None else {}
+            self._text_cache.update({n: v.to(self.device) for n, v in found.items()})
+            missing = [n for n in todo if n not in found]
+            if missing:
+                self.texts_encoded += len(missing)
+                new = self._embed_names(missing)
+                self._text_cache.update(new)
+                if disk is not None:
+                    disk.put_many(new)
         return torch.stack([self._text_cache[n] for n in names])
 
     def add_text_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
@@ -278,6 +338,27 @@ class ClipLogitsModel:
                                  f"this CLIP's are ({dim},)")
             self._text_cache[name] = emb.to(self.device, torch.float32)
 
+    def export_text_embeddings(self, names: Sequence[str]):
+        """A :class:`dslo.models.text_cache.TextEmbeddings` of ``names`` (computed or cached), to
+        hand to another process holding the same model (``.to_bytes()`` travels as safetensors)."""
+        from dslo.models.text_cache import TextEmbeddings, templates_key
+
+        names = list(dict.fromkeys(names))
+        vectors = self.text_embeddings(names).to("cpu")
+        return TextEmbeddings(f"{self.text_key()}|templates={templates_key(self.settings.templates)}",
+                              tuple(names), vectors)
+
+    def import_text_embeddings(self, embeddings) -> None:
+        """Take embeddings computed elsewhere (:meth:`export_text_embeddings`); refused unless
+        they come from the same weights, dtype and templates."""
+        from dslo.models.text_cache import templates_key
+
+        mine = f"{self.text_key()}|templates={templates_key(self.settings.templates)}"
+        if embeddings.key != mine:
+            raise ValueError(f"text embeddings for {embeddings.key!r} cannot be used by a model whose "
+                             f"embeddings are {mine!r}; compute them with the same weights, dtype and templates")
+        self._text_cache.update({n: v.to(self.device, torch.float32) for n, v in embeddings.as_dict().items()})
+
     # ---- the contract -----------------------------------------------------------------------
     def logits(self, image: Any, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """``(K, h, w)`` float32 cosine similarities; a class's score is the max over its synonyms.
@@ -285,6 +366,10 @@ class ClipLogitsModel:
         ``image``: path, PIL, ``(H, W, 3)`` uint8 array or tensor. ``classes``: K names or lists of
         synonyms, read by :func:`dslo.classes.normalize_classes` (in a name, commas separate
         synonyms)."""
+        return self.logits_batch([image], classes)[0]
+
+    def logits_batch(self, images: Sequence[Any], classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
+        """``(B, K, h, w)``: :meth:`logits` of images of one input size, one vision forward."""
         if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
             raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
                              f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
@@ -292,9 +377,9 @@ class ClipLogitsModel:
         names = list(dict.fromkeys(n for g in groups for n in g))
         index = {n: i for i, n in enumerate(names)}
         text = self.text_embeddings(names)  # (Q, D)
-        feats = self.dense_features(image)  # (h, w, D)
-        per_query = torch.einsum("qd,hwd->qhw", text, feats)
-        return torch.stack([per_query[[index[n] for n in g]].amax(0) for g in groups])
+        feats = self.dense_features_batch(images)  # (B, h, w, D)
+        per_query = torch.einsum("qd,bhwd->bqhw", text, feats)
+        return torch.stack([per_query[:, [index[n] for n in g]].amax(1) for g in groups], dim=1)
 
 
 class ClipAttentionSource:
@@ -316,8 +401,24 @@ class ClipAttentionSource:
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))``: heads averaged, CLS dropped, rows
         renormalised."""
-        attn, grid = self.clip.last_attention(image, self.variant)
-        return patch_affinity(attn, num_prefix=1), grid
+        A, grid = self.affinity_batch([image])
+        return A[0], grid
+
+    def affinity_batch(self, images: Sequence[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(A (B, N, N), (h, w))`` for images of one input size. Only the last block's
+        attention probabilities are computed (not its output, MLP or projection); the blocks
+        before it come from the logits model's memoised forward when it saw the same images."""
+        x, grid = self.clip._last_block_input_batch([to_rgb_array(im) for im in images])
+        blk = self.clip.model.vision_model.encoder.layers[-1]
+        sa = blk.self_attn
+        with torch.inference_mode():
+            y = blk.layer_norm1(x)
+            B, T, C = y.shape
+            q, k = (proj(y).view(B, T, sa.num_heads, C // sa.num_heads).transpose(1, 2)
+                    for proj in (sa.q_proj, sa.k_proj))
+            a, b = {"kk": (k, k), "qq": (q, q), "qk": (q, k)}[self.variant]
+            attn = torch.softmax((a @ b.transpose(-1, -2)).float() * sa.scale, dim=-1)
+        return torch.stack([patch_affinity(h, num_prefix=1) for h in attn]), grid
 
 
 CLIP_SETTINGS = tuple(f.name for f in fields(ClipSettings))
@@ -340,7 +441,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     """Load a transformers-format CLIP checkpoint (Hub id or local directory) as a logits model."""
     check_settings(f"logits model '{name}'", overrides, CLIP_SETTINGS)
     settings = ClipSettings(**overrides)
-    dtype = resolve_dtype(settings.dtype, device)
+    dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)
     src, local_only = locate(name, source, offline_alternative=False)
     check_model_folder(name, src, tokenizer=True)
     from transformers import AutoTokenizer, CLIPModel
@@ -354,8 +455,11 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     _check_tokenizer(name, src, tokenizer)
     pre = read_json(src, "preprocessor_config.json", local_only) or {}  # optional: CLIP statistics
     model = model.to(device)
+    from dslo.models.text_cache import identity_of_source
+
     return ClipLogitsModel(model, tokenizer, name=name, settings=settings,
-                           mean=pre.get("image_mean", CLIP_MEAN), std=pre.get("image_std", CLIP_STD))
+                           mean=pre.get("image_mean", CLIP_MEAN), std=pre.get("image_std", CLIP_STD),
+                           identity=identity_of_source(src))
 
 
 def load_clip_attention(name: str, source: str | None, *, device: torch.device, clip: Any = None,

@@ -192,6 +192,6 @@ def load_focus(name: str = "focus-s14", source: str | None = None, *, device: to
     dtype = resolve_dtype(settings.dtype, device, accelerator_default=torch.float16)
     from transformers import Dinov2Model
 
-    model = Dinov2Model.from_pretrained(cached_model_dir(), attn_implementation="eager", dtype=dtype)
+    model = Dinov2Model.from_pretrained(cached_model_dir(), attn_implementation="sdpa", dtype=dtype)
     return wrap_vit(model, name="focus-s14", device=device, dtype=dtype, settings=settings,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -6,7 +6,9 @@ the UNet is called once at ``timestep`` 0 with the empty prompt. A diffusers
 attention processor, installed only on the chosen ``attn1`` (self-attention) layers, records
 ``mean_h softmax(Q Kᵀ/√d)`` and computes the layer's usual output from the same probabilities, so
 the UNet's output is unchanged. Default layers: ``up_blocks.3.attentions.0/1`` (64×64 grid at 512),
-equal weights (0.5/0.5). After the last chosen layer ran, the rest of the UNet is skipped (``stop_early``).
+equal weights (0.5/0.5). Every other attention layer keeps diffusers' fused (SDPA) processor.
+Once the last chosen layer's probabilities are recorded, the rest of the UNet — that layer's
+attention output included — is skipped (``stop_early``).
 
 The model id is a setting: the official ``stabilityai`` SD2 repositories were removed from the Hub
 in November 2025. Default: :data:`dslo.models.registry.SD2_DEFAULT_MODEL` (a community mirror);
@@ -17,7 +19,7 @@ a local diffusers directory with ``unet/``, ``vae/``, ``text_encoder/``, ``token
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -69,7 +71,7 @@ class _StopForward(Exception):
 
 
 class AttentionStore:
-    """Collects head-averaged self-attention ``(N, N)`` float32 per hooked module."""
+    """Collects head-averaged self-attention ``(B, N, N)`` float32 per hooked module."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -87,7 +89,8 @@ class AttentionStore:
 
 class StoringAttnProcessor:
     """diffusers attention processor: classic attention with the softmax done in float32 and its
-    head-averaged probabilities handed to an :class:`AttentionStore` (batch element 0)."""
+    head-averaged probabilities ``(B, N, N)`` handed to an :class:`AttentionStore` before the
+    layer's output is computed (so a store that stops the forward skips that work too)."""
 
     def __init__(self, store: AttentionStore, key: str) -> None:
         self.store, self.key = store, key
@@ -118,8 +121,8 @@ class StoringAttnProcessor:
             scores = scores + attention_mask.float()
         probs = scores.softmax(dim=-1)
         del scores
+        self.store.put(self.key, probs.view(-1, attn.heads, *probs.shape[1:]).mean(1))
         out = attn.batch_to_head_dim(torch.bmm(probs.to(v.dtype), v))
-        self.store.put(self.key, probs.view(-1, attn.heads, *probs.shape[1:])[0].mean(0))
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
@@ -190,16 +193,24 @@ class Sd2AttentionSource:
     def latents(self, image: Any) -> torch.Tensor:
         """``(1, 4, R/8, R/8)`` latents of the image squashed to ``R×R``: the VAE posterior's mode ×
         scaling factor; with ``noise_seed`` set, forward-diffused to ``timestep`` by the scheduler."""
+        return self.latents_batch([image])
+
+    def latents_batch(self, images: Sequence[Any]) -> torch.Tensor:
+        """``(B, 4, R/8, R/8)``: :meth:`latents` of several images in one VAE pass (each image
+        gets the same noise draw with ``noise_seed``, as it would alone)."""
         R = self.settings.resolution
-        arr = to_rgb_array(image)
-        if arr.shape[:2] != (R, R):
-            arr = np.asarray(Image.fromarray(arr).resize((R, R), Image.BICUBIC))
-        x = torch.from_numpy(np.array(arr)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        xs = []
+        for image in images:
+            arr = to_rgb_array(image)
+            if arr.shape[:2] != (R, R):
+                arr = np.asarray(Image.fromarray(arr).resize((R, R), Image.BICUBIC))
+            xs.append(torch.from_numpy(np.array(arr)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0)
+        x = torch.cat(xs)
         with torch.inference_mode():
             lat = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
             if self.settings.noise_seed is not None:
                 g = torch.Generator(device="cpu").manual_seed(self.settings.noise_seed)
-                noise = torch.randn(lat.shape, generator=g, dtype=torch.float32).to(lat)
+                noise = torch.randn((1, *lat.shape[1:]), generator=g, dtype=torch.float32).to(lat).expand_as(lat)
                 t = torch.tensor([self.settings.timestep], device=lat.device)
                 lat = self._scheduler().add_noise(lat, noise, t)
         return lat
@@ -214,13 +225,18 @@ class Sd2AttentionSource:
 
     def attention_maps(self, image: Any) -> dict[str, torch.Tensor]:
         """Head-averaged ``(n, n)`` float32 attention of every hooked module (key: module path)."""
-        lat = self.latents(image)
+        return {k: m[0] for k, m in self.attention_maps_batch([image]).items()}
+
+    def attention_maps_batch(self, images: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Head-averaged ``(B, n, n)`` float32 attention of every hooked module, one UNet pass."""
+        lat = self.latents_batch(images)
         t = torch.tensor([self.settings.timestep], device=self.device)
+        prompt = self.prompt_embeds.expand(lat.shape[0], *self.prompt_embeds.shape[1:])
         self.store.clear()
         self.store.stop_when_full = self.settings.stop_early
         try:
             with torch.inference_mode():
-                self.unet(lat.to(self.dtype), t, encoder_hidden_states=self.prompt_embeds)
+                self.unet(lat.to(self.dtype), t, encoder_hidden_states=prompt)
         except _StopForward:
             pass
         finally:
@@ -230,14 +246,22 @@ class Sd2AttentionSource:
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))``; the grid is square (the image is squashed
         to ``resolution``²), e.g. 64×64 at 512 for the default layers."""
-        maps = self.attention_maps(image)
-        side = max(int(round(m.shape[0] ** 0.5)) for m in maps.values())
-        A = None
-        for path, w in zip(self.settings.layers, self._weights):
-            group = [_upsample_attention(maps[k], side) for k in self.keys[path]]
-            part = w * torch.stack(group).mean(0)
-            A = part if A is None else A + part
-        return A / A.sum(-1, keepdim=True), (side, side)
+        A, grid = self.affinity_batch([image])
+        return A[0], grid
+
+    def affinity_batch(self, images: Sequence[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(A (B, N, N), (h, w))``: :meth:`affinity` of several images in one VAE + UNet pass."""
+        maps = self.attention_maps_batch(images)
+        side = max(int(round(m.shape[-1] ** 0.5)) for m in maps.values())
+        out = []
+        for b in range(len(images)):
+            A = None
+            for path, w in zip(self.settings.layers, self._weights):
+                group = [_upsample_attention(maps[k][b], side) for k in self.keys[path]]
+                part = w * torch.stack(group).mean(0)
+                A = part if A is None else A + part
+            out.append(A / A.sum(-1, keepdim=True))
+        return torch.stack(out), (side, side)
 
     def _layer_side(self, path: str) -> int:
         """Grid side of a UNet path: down_blocks.i at latent/2^i, up_blocks mirrored, mid lowest."""

@@ -2,8 +2,14 @@
 and anything else with the same structure (SPEC §3).
 
 The affinity is ``A = Σ_l w_l · mean_h softmax(Q Kᵀ/√d)`` over the chosen layers (last by
-default), with CLS and register rows/columns dropped and rows renormalised. Models are loaded
-with ``attn_implementation="eager"``: fused kernels never materialise the attention matrix.
+default), with CLS and register rows/columns dropped and rows renormalised.
+
+Only what is read is computed: models are loaded with fused scaled-dot-product attention (SDPA,
+which never materialises the attention matrix); a forward pre-hook on each chosen block's attention
+module computes ``softmax(Q Kᵀ/√d)`` explicitly from the block's normalised input (float32
+softmax), and the forward stops right there after the last chosen block: its attention output,
+its MLP and every later block are never run. On the default (last block only) that is the
+eager-attention forward of every block replaced by SDPA, minus the last block's output.
 """
 
 from __future__ import annotations
@@ -55,15 +61,44 @@ class VitAttentionSettings:
 VIT_SETTINGS = tuple(f.name for f in fields(VitAttentionSettings))
 
 
+class _StopForward(Exception):
+    """Raised inside the model once the last chosen block's attention has been computed."""
+
+
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The per-block attention modules, in order, when this transformers version declares them
-    (``_can_record_outputs``); None otherwise."""
-    target = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
-    target = getattr(target, "target_class", target)
-    if not isinstance(target, type):
-        return None
-    mods = [m for m in model.modules() if isinstance(m, target)]
-    return mods if len(mods) == model.config.num_hidden_layers else None
+    """Each block's attention module (input: the block's normalised hidden states), in order, for
+    the DINOv2 / DINOv2-registers / ViT layouts of transformers 4.56+ and 5.x (the blocks sit in
+    ``encoder.layer`` or ``layers``); None otherwise."""
+    n = model.config.num_hidden_layers
+    for blocks in model.modules():
+        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) == n:
+            mods = [getattr(block, "attention", None) for block in blocks]
+            if all(m is not None and _qk_projections(m) is not None for m in mods):
+                return mods
+    return None
+
+
+def _qk_projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The query and key ``nn.Linear`` of an attention module: ``q_proj``/``k_proj``
+    (transformers 5) or ``attention.query``/``attention.key`` (transformers 4)."""
+    if hasattr(attention, "q_proj") and hasattr(attention, "k_proj"):
+        return attention.q_proj, attention.k_proj
+    inner = getattr(attention, "attention", None)
+    if inner is not None and hasattr(inner, "query") and hasattr(inner, "key"):
+        return inner.query, inner.key
+    return None
+
+
+def explicit_attention(x: torch.Tensor, q_proj: torch.nn.Module, k_proj: torch.nn.Module,
+                       heads: int) -> torch.Tensor:
+    """``softmax(Q Kᵀ/√d)`` of ``x (B, T, C)`` (a block's normalised input) → ``(B, heads, T, T)``
+    float32. Projections run in the model's dtype; scores and softmax in float32 (a float16
+    product of two 64-wide vectors can overflow; eager attention would form it in float16)."""
+    B, T, _ = x.shape
+    q = q_proj(x).view(B, T, heads, -1).transpose(1, 2).float()
+    k = k_proj(x).view(B, T, heads, -1).transpose(1, 2).float()
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.softmax(scores, dim=-1)
 
 
 class VitAttentionSource:
@@ -109,51 +144,66 @@ class VitAttentionSource:
                             device=self.device, dtype=self.dtype)
 
     def _combine_heads(self, attn: torch.Tensor) -> torch.Tensor:
-        """``(heads, T, T)`` → ``(T, T)`` float32 (head mean or the configured weights)."""
+        """``(B, heads, T, T)`` → ``(B, T, T)`` float32 (head mean or the configured weights)."""
         if self.settings.head_weights is None:
-            return attn.float().mean(0)
+            return attn.float().mean(1)
         w = torch.tensor(self.settings.head_weights, device=attn.device, dtype=torch.float32)
-        return torch.einsum("h,hij->ij", w / w.sum(), attn.float())
+        return torch.einsum("h,bhij->bij", w / w.sum(), attn.float())
 
     def attention(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Head-combined attention ``(T, T)`` float32 of each chosen block, for a ``(1, 3, H, W)``
-        input, in the order of ``settings.layers``."""
+        """Head-combined attention ``(B, T, T)`` float32 of each chosen block, for a
+        ``(B, 3, H, W)`` input, in the order of ``settings.layers``."""
         got: dict[int, torch.Tensor] = {}
+        heads = int(self.model.config.num_attention_heads)
         with torch.inference_mode():
             if self._attn_modules is not None:
-                # Hooks keep only the chosen blocks' attention instead of all of them.
+                last = max(self._layers)
+
                 def hook(i):
-                    def fn(_module, _inputs, output):
-                        w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                        if w is None:
-                            raise RuntimeError("the model did not return attention weights; it must be loaded "
-                                               "with attn_implementation='eager'")
-                        got[i] = self._combine_heads(w[0])
+                    q_proj, k_proj = _qk_projections(self._attn_modules[i])
+
+                    def fn(_module, args, kwargs):
+                        x = args[0] if args else kwargs["hidden_states"]
+                        got[i] = self._combine_heads(explicit_attention(x, q_proj, k_proj, heads))
+                        if i == last:  # nothing after this point is read
+                            raise _StopForward
                     return fn
 
-                handles = [self._attn_modules[i].register_forward_hook(hook(i)) for i in set(self._layers)]
+                handles = [self._attn_modules[i].register_forward_pre_hook(hook(i), with_kwargs=True)
+                           for i in set(self._layers)]
                 try:
                     self.model(pixel_values=pixel_values, **self._kwargs)
+                except _StopForward:
+                    pass
                 finally:
                     for h in handles:
                         h.remove()
-            else:
+            else:  # an unknown layout: ask transformers for every block's attention (needs eager)
                 out = self.model(pixel_values=pixel_values, output_attentions=True, **self._kwargs)
+                if not out.attentions or out.attentions[0] is None:
+                    raise RuntimeError("the model did not return attention weights; load it with "
+                                       "attn_implementation='eager'")
                 for i in set(self._layers):
-                    got[i] = self._combine_heads(out.attentions[i][0])
+                    got[i] = self._combine_heads(out.attentions[i])
         return [got[i] for i in self._layers]
 
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))`` with N = h*w; CLS/register tokens dropped."""
-        x = self.pixel_values(image)
+        A, grid = self.affinity_batch([image])
+        return A[0], grid
+
+    def affinity_batch(self, images: Sequence[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(A (B, N, N) float32 row-stochastic, (h, w))`` for images that share one input size
+        (one forward pass for all of them)."""
+        x = torch.cat([self.pixel_values(im) for im in images])
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         per_layer = self.attention(x)
         lw = self.settings.layer_weights or (1.0,) * len(per_layer)
         total = sum(lw)
         combined = sum(w / total * a for w, a in zip(lw, per_layer))
-        A = patch_affinity(combined[None], num_prefix=self.num_prefix)
-        if A.shape[0] != grid[0] * grid[1]:
-            raise RuntimeError(f"attention has {A.shape[0]} patch tokens but the grid is {grid}; "
+        A = torch.stack([patch_affinity(c[None], num_prefix=self.num_prefix) for c in combined])
+        if A.shape[-1] != grid[0] * grid[1]:
+            raise RuntimeError(f"attention has {A.shape[-1]} patch tokens but the grid is {grid}; "
                                f"prefix token count {self.num_prefix} is wrong for this model")
         return A, grid
 
@@ -188,7 +238,7 @@ def load_vit_attention(name: str, source: str, *, family: str, device: torch.dev
     try:
         config = AutoConfig.from_pretrained(src, local_files_only=local_only)
         kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
-        model = AutoModel.from_pretrained(src, local_files_only=local_only, attn_implementation="eager",
+        model = AutoModel.from_pretrained(src, local_files_only=local_only, attn_implementation="sdpa",
                                           dtype=dtype, **kwargs)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})") from exc

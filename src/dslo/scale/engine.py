@@ -88,8 +88,6 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-worker", type=_positive_float, metavar="F",
                    help="CPUs per actor (default: 1 with GPUs; without, an equal share of the "
                         "cluster's CPUs less one for reading, at least 0.5)")
-    g.add_argument("--batch-size", type=_positive_int, default=1, metavar="B",
-                   help="images per call of a Ray actor (default 1: a dead worker costs the least)")
     g.add_argument("--format", choices=("files", "parquet"), default="files",
                    help="files: the --save outputs per image (default); parquet: one row per image "
                         "with path, size, class names and RLE segments (--engine ray)")
