@@ -143,18 +143,15 @@ class AttentionCache:
         key = _image_digest(image)
         src = self.model
         got: dict[str, torch.Tensor] = {}
-        handle = None
-        if want_features:
-            def grab(_module, _inputs, output):
-                # stored as float16; rounded the same way when fresh, so cached and fresh runs agree
-                got["h"] = output.last_hidden_state[0, src.num_prefix:].cpu().half().float()
-            handle = src.model.register_forward_hook(grab)
         t0 = time.perf_counter()
-        try:
-            A, grid = src.affinity(image)
-        finally:
-            if handle is not None:
-                handle.remove()
+        A, grid = src.affinity(image)
+        if want_features:
+            # the affinity pass stops after the last chosen block's attention (dslo.models.vit), so
+            # the final patch tokens need a full forward of their own; stored as float16, rounded
+            # the same way when fresh, so cached and fresh runs agree
+            with torch.inference_mode():
+                out = src.model(pixel_values=src.pixel_values(image))
+            got["h"] = out.last_hidden_state[0, src.num_prefix:].float().cpu().half().float()
         A = A.float().cpu()
         grid = (int(grid[0]), int(grid[1]))
         self.compute_seconds += time.perf_counter() - t0

@@ -16,6 +16,7 @@ from dslo.head import (
     class_argmax,
     discrepancy,
     evidence_ambiguity,
+    evidence_margin,
     fuse,
     fusion_weight,
     nms,
@@ -25,7 +26,7 @@ from dslo.head import (
     seed_classes,
     upsample_maps,
 )
-from dslo.head.readout import FUSION_GAIN
+from dslo.head.readout import FUSION_RULE
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -70,7 +71,8 @@ def test_refine_fused_equals_the_pipeline_written_out():
     flat = L.reshape(4, -1)
     a, kept = seed_classes(flat, cfg)
     D = discrepancy(a, A, "mv", cfg)
-    lam = min(cfg.fusion_max, max(cfg.fusion_min, FUSION_GAIN["mv"] * evidence_ambiguity(flat)))
+    lam = fusion_weight(evidence_margin(flat), *FUSION_RULE["mv"])
+    assert lam > 0  # this evidence is noisy: the fused branch runs
     cand = candidate_classes(flat, kept, cfg.fusion_extra)
     up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
     up_d = upsample_maps(normalize_maps(D).reshape(-1, 5, 6), torch.from_numpy(img).float() / 255, cfg)
@@ -98,16 +100,32 @@ def test_zero_weight_is_plain_upsampling_and_none_is_the_paper_readout():
 
 
 # ---------------------------------------------------------------- λ rule
-def test_fusion_weight_rule_and_bounds():
-    assert fusion_weight(0.0, 8.0, 0.5, 6.0) == 0.5
-    assert fusion_weight(0.5, 8.0, 0.5, 6.0) == 4.0
-    assert fusion_weight(0.99, 8.0, 0.5, 6.0) == 6.0
-    with pytest.raises(ValueError, match="lo <= hi"):
-        fusion_weight(0.3, 1.0, 2.0, 1.0)
-    with pytest.raises(ValueError, match="0 <= lo"):
-        fusion_weight(0.3, 1.0, -1.0, 1.0)
+def test_fusion_weight_is_a_step_function_of_the_margin():
+    rule = ((1.0, 3.0), (0.0, 2.0, 8.0))
+    assert fusion_weight(5.0, *rule) == 0.0  # clean: the evidence alone
+    assert fusion_weight(3.0, *rule) == 0.0  # at a threshold: the cleaner side
+    assert fusion_weight(2.0, *rule) == 2.0
+    assert fusion_weight(0.5, *rule) == 8.0
+    assert fusion_weight(float("inf"), *rule) == 0.0
+    with pytest.raises(ValueError, match="one more"):
+        fusion_weight(1.0, (1.0,), (0.0,))
+    with pytest.raises(ValueError, match="ascend"):
+        fusion_weight(1.0, (3.0, 1.0), (0.0, 1.0, 2.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        fusion_weight(1.0, (1.0,), (0.0, -1.0))
     with pytest.raises(ValueError, match=">= 0"):
         fuse(torch.zeros(2, 3), torch.zeros(1, 3), torch.tensor([0]), -1.0)
+
+
+def test_margin_equals_naive_median_of_top_two_log_odds():
+    L = logits(5, 3, 7, seed=6).reshape(5, -1)
+    odds = []
+    for i in range(L.shape[1]):
+        col = sorted((float(L[c, i]) for c in range(5)), reverse=True)
+        odds.append(40 * (col[0] - col[1]))
+    # torch's median of an even count is the lower middle value
+    assert evidence_margin(L, 40.0) == pytest.approx(sorted(odds)[(len(odds) - 1) // 2], abs=1e-5)
+    assert evidence_margin(torch.rand(1, 9)) == float("inf")
 
 
 def test_ambiguity_spans_certain_to_uniform_evidence():
@@ -116,11 +134,23 @@ def test_ambiguity_spans_certain_to_uniform_evidence():
     certain[2] = 1.0  # 40 nats ahead: every patch certain
     assert evidence_ambiguity(certain) == pytest.approx(0.0, abs=1e-6)
     assert evidence_ambiguity(torch.full((K, 10), 0.2)) == pytest.approx(1 - 1 / K, abs=1e-6)
-    # per image: the weight actually used stays within the bounds for any evidence
-    for seed in range(5):
-        L = logits(K, 4, 4, seed=seed) * (seed + 1)
-        r = refine(L, row_stochastic(16, seed), np.zeros((8, 8, 3), np.uint8), fusion_min=1.0, fusion_max=3.0)
-        assert 1.0 <= r.weight <= 3.0
+
+
+def test_clean_evidence_gets_plain_upsampling_and_noisy_evidence_the_head():
+    K, img = 4, np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    A = row_stochastic(36, seed=5)
+    clean = torch.zeros(K, 6, 6)
+    clean[0, :, :3], clean[1, :, 3:] = 0.3, 0.3  # 12 nats ahead everywhere
+    r = refine(clean, A, img)
+    assert r.weight == 0.0
+    assert torch.equal(r.labels, refine(clean, A, img, mode="none").labels)
+    assert set(r.kept.tolist()) == {0, 1}  # scores kept only for the classes that win a pixel
+    noisy = logits(K, 6, 6, seed=7)
+    assert evidence_margin(noisy.reshape(K, -1)) < FUSION_RULE["mv"][0][0]
+    assert refine(noisy, A, img).weight == FUSION_RULE["mv"][1][-1]
+    # the rule's settings: a custom rule, and a fixed λ over the rule
+    assert refine(noisy, A, img, fusion_thresholds=(0.0, 100.0), fusion_levels=(0.0, 3.0, 9.0)).weight == 3.0
+    assert refine(noisy, A, img, fusion_weight=1.5).weight == 1.5
 
 
 # ---------------------------------------------------------------- edge cases

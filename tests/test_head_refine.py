@@ -215,8 +215,9 @@ def test_head_config_is_frozen_and_checked_at_construction():
     bad = [dict(nms_threshold=1.0), dict(nms_threshold=0.0), dict(delta=0.0), dict(eps=-0.1),
            dict(eps="0.1"), dict(sigma_range=float("nan")), dict(top_k=0), dict(max_steps=0),
            dict(upsample="bicubic"), dict(readout="primal"), dict(op_cost="cosine"), dict(interpolate=1),
-           dict(fusion="posterior"), dict(fusion_weight=-1.0), dict(fusion_gain=-0.5), dict(fusion_min=-1.0),
-           dict(fusion_min=2.0, fusion_max=1.0), dict(fusion_extra=-1), dict(recover_threshold=0.0),
+           dict(fusion="posterior"), dict(fusion_weight=-1.0), dict(fusion_levels=(0.0, -1.0, 2.0)),
+           dict(fusion_thresholds=(3.0, 1.0)), dict(fusion_thresholds=(1.0,), fusion_levels=(0.0, 1.0, 2.0)),
+           dict(fusion_levels="many"), dict(fusion_extra=-1), dict(recover_threshold=0.0),
            dict(recover_threshold=1.0)]
     for settings in bad:
         with pytest.raises(SettingsError):

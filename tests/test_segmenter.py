@@ -50,8 +50,9 @@ def test_every_class_form_gives_the_same_labels(seg, tmp_path):
     b = seg.predict(img, ["red", ["green"], "blue, navy"])
     c = seg.predict(img, f)
     assert np.array_equal(b.labels, c.labels)
-    # "navy" raises the blue class's max-over-synonyms logit a little; the default fused readout
-    # reads the evidence posterior, so pixels near borders may differ from "blue" alone
+    # "navy" raises the blue class's max-over-synonyms logit a little; the default readout reads
+    # the evidence's own posterior (on this clean evidence, plain upsampling), so pixels near
+    # borders may differ from "blue" alone
     assert (a.labels == b.labels).mean() > 0.9  # 95.5 % here
     assert c.classes == [["red"], ["green"], ["blue", "navy"]]
     # the logits model received the synonym lists
@@ -69,8 +70,7 @@ def test_background_none_stuff_threshold(seg):
     assert stuff.class_names == ["background", "red", "green"]
     assert "sky" in stuff.classes[0] and "background" not in stuff.classes[0]
     assert stuff.background["policy"] == "stuff"
-    # 94.5 % with the fused default readout (it follows the coarse 16 px evidence near borders more)
-    assert (stuff.labels == np.where(truth == 2, 0, truth + 1)).mean() > 0.93
+    assert (stuff.labels == np.where(truth == 2, 0, truth + 1)).mean() > 0.95
 
     # threshold: blue patches are equally (un)like red and green → probability ~0.5 → background
     # (no noise here: at scale 40 a little colour noise already tips the balance)

@@ -8,7 +8,15 @@ Imports only torch and the leaf :mod:`dslo.errors`. The modes are one table,
 
 from .config import HeadConfig
 from .modes import MODE_TABLE, MODES, Mode, discrepancy, get_mode, transport_matrix
-from .readout import candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .readout import (
+    candidate_classes,
+    class_argmax,
+    evidence_ambiguity,
+    evidence_margin,
+    fuse,
+    fusion_weight,
+    normalize_maps,
+)
 from .refine import (
     RefineResult,
     image_fusion_weight,
@@ -36,6 +44,7 @@ __all__ = [
     "discrepancy",
     "early_rejection",
     "evidence_ambiguity",
+    "evidence_margin",
     "fuse",
     "fusion_weight",
     "get_mode",

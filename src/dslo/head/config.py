@@ -51,10 +51,11 @@ class HeadConfig:
     # Beyond the paper (SPEC §8, docs/head.md). Label readout: "evidence" fuses the head's maps with
     # the evidence's class posterior (log P_c + λ·D̂_c); "none" is the paper's argmax_c JBU(D_c).
     fusion: str = "evidence"
-    fusion_weight: float | None = None  # λ; None: per image, clamp(gain · ambiguity, min, max)
-    fusion_gain: float | None = None  # None: the mode's gain chosen on real images (readout.FUSION_GAIN)
-    fusion_min: float = 0.0
-    fusion_max: float = 64.0  # a bound only: gain · ambiguity < gain
+    fusion_weight: float | None = None  # λ; None: per image, a step function of the evidence's margin
+    # the per-image rule (readout.fusion_weight): ascending margin thresholds (top-two log-odds) and
+    # one more λ levels, clean to noisy; None: the mode's rule chosen on real images (readout.FUSION_RULE)
+    fusion_thresholds: tuple[float, ...] | None = None
+    fusion_levels: tuple[float, ...] | None = None
     fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
     # with probability >= this (None: off, the paper).
@@ -75,13 +76,8 @@ class HeadConfig:
         _integer("max_steps", self.max_steps, 1)
         _integer("jbu_radius", self.jbu_radius, 0, none_ok=True)
         _integer("jbu_max_side", self.jbu_max_side, 0, none_ok=True)  # 0 or None: no limit
-        for name in ("fusion_weight", "fusion_gain"):
-            _non_negative(name, getattr(self, name), none_ok=True)
-        _non_negative("fusion_min", self.fusion_min)
-        _non_negative("fusion_max", self.fusion_max)
-        if self.fusion_min > self.fusion_max:
-            raise SettingsError(f"fusion_min must be <= fusion_max, got fusion_min={self.fusion_min!r}, "
-                                f"fusion_max={self.fusion_max!r}")
+        _non_negative("fusion_weight", self.fusion_weight, none_ok=True)
+        self._check_fusion_rule()
         _integer("fusion_extra", self.fusion_extra, 0, none_ok=True)
         if self.recover_threshold is not None:
             _number("recover_threshold", self.recover_threshold, low=0.0, high=1.0,
@@ -89,6 +85,32 @@ class HeadConfig:
         for name in ("normalize_max", "interpolate"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    def _check_fusion_rule(self) -> None:
+        from .readout import FUSION_RULE, check_fusion_rule
+
+        rule = []
+        for name in ("fusion_thresholds", "fusion_levels"):
+            v = getattr(self, name)
+            if v is None:
+                rule.append(None)
+                continue
+            try:
+                v = tuple(float(x) for x in ((v,) if isinstance(v, (int, float)) else v))
+            except (TypeError, ValueError):
+                raise SettingsError(f"{name} must be a list of numbers, got {v!r}") from None
+            object.__setattr__(self, name, v)
+            rule.append(v)
+        thresholds, levels = rule
+        if thresholds is None and levels is None:
+            return
+        # one given: the other from the M.V. rule, so a partial override is checked against it
+        thresholds = thresholds if thresholds is not None else FUSION_RULE["mv"][0]
+        levels = levels if levels is not None else FUSION_RULE["mv"][1]
+        try:
+            check_fusion_rule(thresholds, levels)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:

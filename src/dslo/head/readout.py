@@ -13,21 +13,31 @@ evidence grid (as plain upsampling, method (a); JBU of the evidence blurs thin c
 evidence it loses several mIoU to bilinear), ``D̂`` with the head's JBU (its maps follow the
 attention grid). With λ = 0 the label map is exactly ``refine(mode="none")``'s.
 
-λ is set per image from the image's own evidence (:func:`fusion_weight`): where the evidence is
-ambiguous (many patches whose top class is not confident) the discrepancy gets more weight.
+λ is set per image from the image's own evidence (:func:`fusion_weight` of
+:func:`evidence_margin`): clean evidence keeps its own posterior (λ = 0: exactly plain
+upsampling), noisy evidence hands the decision to the attention.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-from ._checks import as_float, check_finite
+from ._checks import as_float
 
 _TINY = 1e-30
 
-# Gain of the per-image λ rule for each discrepancy, chosen on the even-index half of the real
-# CamVid and COCO-Object images (benchmarks/select_readout.py; docs/benchmarks.md §1b).
-FUSION_GAIN = {"mv": 8.0, "op": 4.0, "kl": 8.0}
+# The per-image λ rule of each discrepancy: a step function of the evidence's median top-two
+# log-odds (evidence_margin), ``(thresholds, levels)``: λ = levels[0] at or above the last
+# threshold (clean evidence decides alone: plain upsampling), levels[-1] below the first. Chosen on
+# the even-index half of the real CamVid and COCO-Object images (benchmarks/select_readout.py;
+# docs/benchmarks.md §1b). Placeholder values, replaced by the selection.
+FUSION_RULE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mv": ((2.0, 3.2), (0.0, 6.0, 16.0)),
+    "op": ((3.0, 3.6), (0.0, 1.5, 8.0)),
+}
+FUSION_RULE["kl"] = FUSION_RULE["mv"]
 
 
 def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
@@ -40,15 +50,40 @@ def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
     return float(1.0 - P.amax(dim=0).mean())
 
 
-def fusion_weight(ambiguity: float, gain: float, lo: float, hi: float) -> float:
-    """λ for an image with the given :func:`evidence_ambiguity`: ``clamp(gain · ambiguity, lo, hi)``.
+def evidence_margin(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
+    """How clean the image's evidence is: the median over patches of the log-odds of its top class
+    over the runner-up, ``median_i scale·(L_(1),i − L_(2),i)`` (``+inf`` for one class).
 
-    Linear in the ambiguity: certain evidence keeps its own posterior (λ → lo), ambiguous evidence
-    hands the decision to the attention (λ → hi). Bounds are part of the rule so that no image gets
-    a negative or unbounded weight."""
-    if not (0.0 <= lo <= hi):
-        raise ValueError(f"fusion weight bounds must satisfy 0 <= lo <= hi, got lo={lo}, hi={hi}")
-    return float(min(hi, max(lo, gain * ambiguity)))
+    Unlike :func:`evidence_ambiguity` it does not grow with the number of absent classes (81 in
+    COCO-Object, whose many low scores add posterior mass to every patch): on the real images of
+    the benchmark it separates clean from noisy evidence on both data sets with one threshold.
+
+    Args: ``flat_logits (K, N)``. Returns a Python float."""
+    L = as_float(flat_logits, "logits")
+    L = L.reshape(L.shape[0], -1)
+    if L.shape[0] < 2:
+        return float("inf")
+    top2 = L.topk(2, dim=0).values
+    return float((scale * (top2[0] - top2[1])).median())
+
+
+def fusion_weight(margin: float, thresholds: Sequence[float], levels: Sequence[float]) -> float:
+    """λ for an image whose :func:`evidence_margin` is ``margin``: ``levels[j]`` with ``j`` the
+    number of ``thresholds`` (ascending) above ``margin``. Clean evidence (a large margin) gets
+    ``levels[0]``, the noisiest ``levels[-1]``."""
+    check_fusion_rule(thresholds, levels)
+    return float(levels[sum(1 for t in thresholds if margin < t)])
+
+
+def check_fusion_rule(thresholds: Sequence[float], levels: Sequence[float]) -> None:
+    """A ValueError unless ``thresholds`` ascend and ``levels`` are one more non-negative numbers."""
+    t, lv = list(thresholds), list(levels)
+    if len(lv) != len(t) + 1:
+        raise ValueError(f"fusion levels need one more entry than thresholds: {len(t)} thresholds, {len(lv)} levels")
+    if any(b <= a for a, b in zip(t, t[1:])):
+        raise ValueError(f"fusion thresholds must ascend, got {t}")
+    if any(not x >= 0 for x in lv):
+        raise ValueError(f"fusion levels must be >= 0, got {lv}")
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from ._checks import as_float, check_finite, check_square
 from .config import HeadConfig
 from .modes import MODES, discrepancy, get_mode, transport_matrix
-from .readout import FUSION_GAIN, candidate_classes, class_argmax, evidence_ambiguity, fuse, fusion_weight, normalize_maps
+from .readout import FUSION_RULE, candidate_classes, class_argmax, evidence_margin, fuse, fusion_weight, normalize_maps
 from .seeds import early_rejection, nms, normalize, recover_seeds
-from .upsample import guide_image, joint_bilateral_upsample
+from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 
 __all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_fusion_weight", "infer_grid", "read_out",
            "refine", "resize_to_grid", "seed_classes", "transport_matrix", "upsample_maps"]
@@ -169,9 +169,18 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept:
         scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
         return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
     lam = image_fusion_weight(flat, cfg, mode)
+    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)
+    if lam == 0:
+        # Clean evidence decides alone: every class competes, as in plain upsampling, whose labels
+        # these are (bilinear interpolation is linear, so the arg-max of the upsampled log-posterior
+        # is the arg-max of the upsampled logits); the maps need no upsampling. Scores are kept
+        # for the classes that win a pixel only (K x H x W would be 1.2 GB at K = 150, 2048 x 1024).
+        labels = upsample_argmax(log_post, image.shape[:2])
+        cand = labels.unique(sorted=True)
+        scores = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        return RefineResult(labels, scores, cand, tuple(grid), lam)
     cand = candidate_classes(flat, kept, cfg.fusion_extra)
-    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)[cand]
-    log_post = F.interpolate(log_post[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+    log_post = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     up = upsample_maps(normalize_maps(maps).reshape(len(kept), *grid), image, cfg)
     scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam)
     return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
@@ -179,10 +188,12 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept:
 
 def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float:
     """λ of the fused readout for one image's ``(K, N)`` evidence: ``cfg.fusion_weight`` when set,
-    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight` with ``cfg.fusion_gain``
-    (default: the gain chosen for ``mode``, :data:`dslo.head.readout.FUSION_GAIN`)."""
+    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight` of the evidence's
+    :func:`~dslo.head.readout.evidence_margin`, with ``cfg.fusion_thresholds`` / ``fusion_levels``
+    (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`)."""
     if cfg.fusion_weight is not None:
         return float(cfg.fusion_weight)
-    gain = cfg.fusion_gain if cfg.fusion_gain is not None else FUSION_GAIN.get(mode, FUSION_GAIN["mv"])
-    amb = evidence_ambiguity(flat, cfg.nms_scale)
-    return fusion_weight(amb, gain, cfg.fusion_min, cfg.fusion_max)
+    thresholds, levels = FUSION_RULE.get(mode, FUSION_RULE["mv"])
+    thresholds = cfg.fusion_thresholds if cfg.fusion_thresholds is not None else thresholds
+    levels = cfg.fusion_levels if cfg.fusion_levels is not None else levels
+    return fusion_weight(evidence_margin(flat, cfg.nms_scale), thresholds, levels)
