@@ -212,6 +212,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     with peak_memory(device) as peak:
         pipeline()
     _, e2e_ms = best_of(pipeline, device, repeat)
+    # the process peak at batch 1 (what the memory goal compares), before the batched runs raise it
+    process_peak = max(process_peak, maxrss_bytes())
 
     from dslo.classes import normalize_classes, parse_background
 
@@ -254,7 +256,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
         "head_ms": round(sum(times[k] for k in ("seeds", "ipf", "discrepancy", "jbu")), 1),
         "predict_ms": round(e2e_ms, 1), "images_per_s": round(1000.0 / e2e_ms, 3),
         "predict_peak_MB": round(peak["peak_mb"], 1),
-        "process_peak_MB": round(max(process_peak, maxrss_bytes()) / 2**20, 1),
+        "process_peak_MB": round(process_peak / 2**20, 1),
+        "batched_process_peak_MB": round(max(process_peak, maxrss_bytes()) / 2**20, 1),
         "build_s": round(build_s, 1), "repeat": repeat, "stages_match_refine": same,
     }
     if device.type == "cuda":

@@ -76,3 +76,22 @@ def test_vit_affinity_batch_equals_single(dirs, images, kind):
         ref, g = src.affinity(im)
         assert g == grid
         torch.testing.assert_close(a, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dslo", "naclip", "sclip", "clearclip", "maskclip", "vanilla"])
+def test_clip_features_batch_one_trunk_pass_equals_single(dirs, images, method):
+    from dslo.models import create_logits_model
+
+    clip = create_logits_model(dirs["clip"], device="cpu", short_side=64, method=method)
+    same = [images[0], images[1], images[3]]
+    calls = []
+    trunk = clip._trunk
+    clip._trunk = lambda px: calls.append(px.shape[0]) or trunk(px)
+    F = clip.dense_features_batch(same)
+    assert calls == [3]  # every block but the last runs once for the batch
+    assert clip.dense_features_batch(same) is not None and calls == [3]  # the batch's trunk is memoised
+    for f, im in zip(F, same):
+        torch.testing.assert_close(f, clip.dense_features(im), atol=1e-5, rtol=1e-5)
+    L = clip.logits_batch(same, CLASSES)
+    for lb, im in zip(L, same):
+        torch.testing.assert_close(lb, clip.logits(im, CLASSES), atol=1e-5, rtol=1e-5)

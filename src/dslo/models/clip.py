@@ -25,6 +25,7 @@ from dslo.models.common import (
     CLIP_STD,
     aspect_size,
     check_settings,
+    image_key,
     one_image_memo,
     patch_affinity,
     pixel_tensor,
@@ -139,14 +140,14 @@ class ClipLogitsModel:
         return H // self.patch_size, W // self.patch_size
 
     def _trunk(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Tokens entering the last block, ``(1, 1 + h*w, C)``, and the grid ``(h, w)``, for a
-        normalised ``(1, 3, H, W)`` input (position table resized per ``pos_interp``)."""
+        """Tokens entering the last block, ``(B, 1 + h*w, C)``, and the grid ``(h, w)``, for a
+        normalised ``(B, 3, H, W)`` input (position table resized per ``pos_interp``)."""
         vm = self.model.vision_model
         emb = vm.embeddings
         with torch.inference_mode():
-            patches = emb.patch_embedding(pixel_values.to(device=self.device, dtype=self.dtype))  # (1, C, h, w)
+            patches = emb.patch_embedding(pixel_values.to(device=self.device, dtype=self.dtype))  # (B, C, h, w)
             grid = (int(patches.shape[-2]), int(patches.shape[-1]))
-            cls = emb.class_embedding.view(1, 1, -1).to(patches.dtype)
+            cls = emb.class_embedding.view(1, 1, -1).to(patches.dtype).expand(patches.shape[0], -1, -1)
             pos = interpolate_positions(emb.position_embedding.weight, grid, self.settings.pos_interp)
             h = torch.cat([cls, patches.flatten(2).transpose(1, 2)], 1) + pos[None].to(patches.dtype)
             h = vm.pre_layrnorm(h)
@@ -234,21 +235,34 @@ class ClipLogitsModel:
         x, grid, pixels = self._last_block_input(to_rgb_array(image))
         return self._features(x, grid, pixels, None)
 
-    def _last_block_input_batch(self, arrs: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``(B, 1 + h*w, C)`` tokens entering the last block for images of one input size, and
-        the grid (each image's trunk memoised, so the CLIP attention source reuses the logits'
-        forward)."""
+    def _last_block_input_batch(self, arrs: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+        """``(B, 1 + h*w, C)`` tokens entering the last block for images of one input size, the
+        grid and the ``(B, 3, H, W)`` pixels: one batched forward through every block but the
+        last. Memoised for the last batch seen (and a batch of one shares the one-image memo), so
+        the CLIP attention source reuses the logits' forward on the same images."""
         sizes = {self.input_size(a.shape[:2]) for a in arrs}
         if len(sizes) != 1:
             raise ValueError(f"a batch needs images of one input size; got {sorted(sizes)}")
-        outs = [self._last_block_input(a) for a in arrs]
-        return torch.cat([x for x, _, _ in outs]), outs[0][1]
+        if len(arrs) == 1:
+            return self._last_block_input(arrs[0])
+        keys = tuple(image_key(a) for a in arrs)
+        memo = self.__dict__.get("_batch_memo")
+        if memo is not None and None not in keys and memo[0] == keys:
+            return memo[1]
+        size = sizes.pop()
+        pixels = torch.cat([pixel_tensor(a, size, self.mean, self.std, device=self.device, dtype=self.dtype)
+                            for a in arrs])
+        x, grid = self._trunk(pixels)
+        self._batch_memo = (keys, (x, grid, pixels))
+        return x, grid, pixels
 
     def dense_features_batch(self, images: Sequence[Any]) -> torch.Tensor:
-        """``(B, h, w, D)``: :meth:`dense_features` of images of one input size. Each image runs
-        its own forward: the peer methods' last blocks (:mod:`dslo.models.clip_methods`) are
-        written, and parity-tested, for one image."""
-        return torch.stack([self.dense_features(im) for im in images])
+        """``(B, h, w, D)``: :meth:`dense_features` of images of one input size. The blocks before
+        the last run once for the whole batch; the last block runs per image, because the peer
+        methods' last blocks (:mod:`dslo.models.clip_methods`) are written, and parity-tested,
+        for one image (the last block is 1/12 of a B/16 forward)."""
+        x, grid, pixels = self._last_block_input_batch([to_rgb_array(im) for im in images])
+        return torch.stack([self._features(x[j:j + 1], grid, pixels[j:j + 1], None) for j in range(x.shape[0])])
 
     def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
         """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
@@ -408,7 +422,7 @@ class ClipAttentionSource:
         """``(A (B, N, N), (h, w))`` for images of one input size. Only the last block's
         attention probabilities are computed (not its output, MLP or projection); the blocks
         before it come from the logits model's memoised forward when it saw the same images."""
-        x, grid = self.clip._last_block_input_batch([to_rgb_array(im) for im in images])
+        x, grid, _ = self.clip._last_block_input_batch([to_rgb_array(im) for im in images])
         blk = self.clip.model.vision_model.encoder.layers[-1]
         sa = blk.self_attn
         with torch.inference_mode():
