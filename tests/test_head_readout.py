@@ -221,3 +221,12 @@ def test_class_argmax_equals_torch_argmax_including_ties():
     S = torch.randn(4, 33, generator=g, dtype=torch.float64)
     assert torch.equal(class_argmax(S), S.argmax(0))
     assert torch.equal(class_argmax(S[:1]), torch.zeros(33, dtype=torch.int64))
+
+
+def test_readout_settings_as_the_command_line_gives_them():
+    # --set fusion=none is parsed to None; --set fusion_levels=0,4,16 to a string
+    assert HeadConfig(fusion=None).fusion == "none"
+    cfg = HeadConfig(fusion_thresholds="1.5, 3", fusion_levels="0,4,16")
+    assert cfg.fusion_thresholds == (1.5, 3.0) and cfg.fusion_levels == (0.0, 4.0, 16.0)
+    with pytest.raises(ValueError, match="list of numbers"):
+        HeadConfig(fusion_levels="0,four,16")

@@ -65,6 +65,8 @@ class HeadConfig:
         check_choice("upsample", self.upsample, UPSAMPLERS)
         check_choice("op_cost", self.op_cost, OP_COSTS)
         check_choice("readout", self.readout, READOUTS)
+        if self.fusion is None:  # `--set fusion=none` arrives as None from the command line
+            object.__setattr__(self, "fusion", "none")
         check_choice("fusion", self.fusion, FUSIONS)
         _number("nms_threshold", self.nms_threshold, low=0.0, high=1.0, what="a probability in (0, 1)")
         for name in ("nms_scale", "norm_scale", "eps", "delta", "sigma_spatial", "sigma_range"):
@@ -95,6 +97,8 @@ class HeadConfig:
             if v is None:
                 rule.append(None)
                 continue
+            if isinstance(v, str):  # "2.3,3.9" from the command line (--set fusion_levels=0,4,16)
+                v = [x for x in v.replace(" ", "").split(",") if x]
             try:
                 v = tuple(float(x) for x in ((v,) if isinstance(v, (int, float)) else v))
             except (TypeError, ValueError):
