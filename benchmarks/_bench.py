@@ -119,15 +119,41 @@ class AttentionCache:
 
     def get(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """``image (H, W, 3)`` uint8 → ``(A (N, N) float32 CPU tensor, (h, w))``."""
-        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
-        path = self.dir / f"{key}.npz"
+        path = self.dir / f"{_image_digest(image)}.npz"
         if self.enabled and path.is_file():
             with np.load(path) as z:
                 self.hits += 1
                 return torch.from_numpy(z["A"].copy()), (int(z["grid"][0]), int(z["grid"][1]))
+        A, grid, _ = self._compute(image, want_features=False)
+        return A, grid
+
+    def features(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``image (H, W, 3)`` uint8 → ``(F (N, C) float32 CPU tensor, (h, w))``: the model's final
+        (layer-normed) patch tokens on the same grid as :meth:`get`, CLS/registers dropped. Computed
+        in the same forward as the affinity (both are cached when either is missing)."""
+        path = self.dir / f"{_image_digest(image)}.feat.npz"
+        if self.enabled and path.is_file():
+            with np.load(path) as z:
+                self.hits += 1
+                return torch.from_numpy(z["F"].astype(np.float32)), (int(z["grid"][0]), int(z["grid"][1]))
+        _, grid, feats = self._compute(image, want_features=True)
+        return feats, grid
+
+    def _compute(self, image: np.ndarray, want_features: bool):
+        key = _image_digest(image)
+        src = self.model
+        got: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
-        A, grid = self.model.affinity(image)
+        A, grid = src.affinity(image)
+        if want_features:
+            # the affinity pass stops after the last chosen block's attention (dslo.models.vit), so
+            # the final patch tokens need a full forward of their own; stored as float16, rounded
+            # the same way when fresh, so cached and fresh runs agree
+            with torch.inference_mode():
+                out = src.model(pixel_values=src.pixel_values(image))
+            got["h"] = out.last_hidden_state[0, src.num_prefix:].float().cpu().half().float()
         A = A.float().cpu()
+        grid = (int(grid[0]), int(grid[1]))
         self.compute_seconds += time.perf_counter() - t0
         self.misses += 1
         if self.enabled:
@@ -135,8 +161,16 @@ class AttentionCache:
 
             buf = io.BytesIO()
             np.savez(buf, A=A.numpy(), grid=np.asarray(grid, dtype=np.int64))
-            atomic_write_bytes(path, buf.getvalue())
-        return A, (int(grid[0]), int(grid[1]))
+            atomic_write_bytes(self.dir / f"{key}.npz", buf.getvalue())
+            if "h" in got:
+                buf = io.BytesIO()
+                np.savez(buf, F=got["h"].numpy().astype(np.float16), grid=np.asarray(grid, dtype=np.int64))
+                atomic_write_bytes(self.dir / f"{key}.feat.npz", buf.getvalue())
+        return A, grid, got.get("h")
+
+
+def _image_digest(image: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------

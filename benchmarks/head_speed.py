@@ -70,6 +70,11 @@ def bench(n_side: int, K: int, device: torch.device, repeat: int) -> dict:
     row["batch speed-up M.V."] = loop_mv / row["M.V."]
     for mode in ("mv", "op"):
         row[f"refine {mode} 448²"] = time_ms(lambda: refine(L, A, img448, mode=mode), device, repeat)
+        # the paper's head (readout argmax of the discrepancy alone, NMS seeds without recovery):
+        # the default before the fused readout, so the ratio is issue 12's head-time goal
+        row[f"paper readout {mode} 448²"] = time_ms(
+            lambda: refine(L, A, img448, mode=mode, fusion="none", recover_threshold=None), device, repeat)
+        row[f"lambda {mode}"] = refine(L, A, img448, mode=mode).weight
         with peak_memory(device) as mem:
             refine(L, A, img448, mode=mode)
         row[f"peak MB {mode} 448²"] = mem["peak_mb"]
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"done N={row['N']} K={K} on {device.type}", file=sys.stderr)
     cols = ["device", "N", "K", "K'", "NMS", "IPF", "O.P.", "M.V.", "JBU 448²", "JBU 2048×1024",
-            "refine mv 448²", "refine op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
+            "refine mv 448²", "refine op 448²", "paper readout mv 448²", "paper readout op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     header = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)"

@@ -52,6 +52,7 @@ from _bench import (  # noqa: E402
     write_json,
 )
 from evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed  # noqa: E402
+from probe import LinearProbeEvidence  # noqa: E402
 
 from dslo.cli import parse_setting  # noqa: E402
 from dslo.eval.datasets import get_dataset  # noqa: E402
@@ -69,9 +70,15 @@ METHODS = {
     "bilinear": "(a) bilinear",
     "jbu": "(b) + JBU",
     "kl": "(c) KL",
+    "op_paper": "(d0) O.P., paper readout",
+    "mv_paper": "(e0) M.V., paper readout",
     "op": "(d) O.P.",
     "mv": "(e) M.V.",
 }
+HALVES = ("all", "even", "odd")  # even image indices: where settings were chosen; odd: held out
+THIN = {"camvid": ["pole", "sign symbol", "pedestrian", "bicyclist"]}  # per-class IoU reported
+# fusion="none", recover_threshold=None: the SPEC §4 head (label argmax_c JBU(D_c), NMS seeds only)
+PAPER_READOUT = {"op_paper": "op", "mv_paper": "mv"}
 ATTENTION = "focus-s14"
 QUICK_IMAGES = 10
 
@@ -117,6 +124,9 @@ def predict(method: str, logits: torch.Tensor, A: torch.Tensor, grid: tuple[int,
         return jbu_baseline(logits, grid, image, cfg, jbu_source, jbu_values).numpy()
     if method in MODE_TABLE and MODE_TABLE[method].runs_head:
         return refine(logits, A, image, mode=method, grid=grid, config=cfg).labels.numpy()
+    if method in PAPER_READOUT:
+        paper = cfg.replace(fusion="none", recover_threshold=None)
+        return refine(logits, A, image, mode=PAPER_READOUT[method], grid=grid, config=paper).labels.numpy()
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
 
 
@@ -131,19 +141,32 @@ class Item:
     image: np.ndarray
     label: np.ndarray
     num_classes: int
+    index: int = -1  # position in the dataset (its parity picks the half: settings are chosen on even)
 
 
 def _item(ds: Any, i: int) -> Item:
     s = ds[i]
-    return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes)
+    return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes, i)
 
 
 EVIDENCE_OVERRIDES: dict[str, Any] = {}  # --evidence-set
+STRENGTHS = [*PRESETS, "probe"]  # the synthetic strengths, then the linear probe (probe.py)
+PROBES: dict[str, LinearProbeEvidence] = {}  # dataset -> its probe evidence (fit lazily)
+
+
+def make_probe(dset: Any, cache: AttentionCache, pool: Sequence[int] | None = None) -> LinearProbeEvidence:
+    """Probe evidence for the images of ``dset`` from ``cache``'s focus-s14 patch features; each
+    half's probe is fit on the other half's images among ``pool`` (default: every image)."""
+    return LinearProbeEvidence(len(dset), dset.num_classes, lambda i: cache.features(dset[i].load_image()),
+                               lambda i: dset[i].load_label(), pool=pool)
 
 
 def evidence_for(item: Item, preset: str, seed: int, cfg: EvidenceConfig | None = None) -> torch.Tensor:
     """The item's ``(K, h, w)`` evidence on the CLIP-B/16 grid; seeded by (seed, dataset, stem,
-    preset) so every run, subset and sweep sees the same evidence for an image."""
+    preset) so every run, subset and sweep sees the same evidence for an image. ``preset="probe"``:
+    the linear probe of the other half of the dataset (:data:`PROBES`)."""
+    if preset == "probe":
+        return PROBES[item.dataset].evidence(item.index)
     cfg = (cfg or PRESETS[preset]).replace(**EVIDENCE_OVERRIDES)
     grid = logits_grid(item.label.shape)
     return make_evidence(item.label, item.num_classes, grid, cfg, stable_seed(seed, item.dataset, item.stem, preset))
@@ -161,19 +184,23 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
              methods: Sequence[str], cache: AttentionCache, seed: int, cfg: HeadConfig | None = None) -> dict:
     cfg = cfg or HeadConfig()
     results: dict = {}
+    halves: dict = {}
     diag: dict = {}
     for ds, items in items_by_ds.items():
         K = len(class_names[ds])
-        accs = {(p, m): IoUAccumulator(K, class_names=class_names[ds]) for p in presets for m in methods}
+        accs = {(p, m, h): IoUAccumulator(K, class_names=class_names[ds])
+                for p in presets for m in methods for h in HALVES}
         kept_sizes, recall_hits, recall_total = [], 0, 0
         t0 = time.perf_counter()
         for n, it in enumerate(items, 1):
             A, grid = cache.get(it.image)
+            half = "even" if it.index % 2 == 0 else "odd"
             for p in presets:
                 L = evidence_for(it, p, seed)
                 for m in methods:
                     pred = predict(m, L, A, grid, it.image, cfg)
-                    accs[(p, m)].update(pred, it.label)
+                    accs[(p, m, "all")].update(pred, it.label)
+                    accs[(p, m, half)].update(pred, it.label)
                 if p == "medium":
                     # How much early rejection costs: which present classes reach the discrepancy.
                     Lg = resize_to_grid(L, grid)
@@ -185,11 +212,13 @@ def run_main(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[str
             if n % 10 == 0 or n == len(items):
                 log(f"[main] {ds}: {n}/{len(items)} images, {time.perf_counter() - t0:.0f}s "
                     f"(attention cache {cache.hits} hits / {cache.misses} computed)")
-        results[ds] = {p: {m: _summary(accs[(p, m)]) for m in methods} for p in presets}
+        results[ds] = {p: {m: _summary(accs[(p, m, "all")]) for m in methods} for p in presets}
+        for h in HALVES[1:]:
+            halves.setdefault(h, {})[ds] = {p: {m: _summary(accs[(p, m, h)]) for m in methods} for p in presets}
         if kept_sizes:
             diag[ds] = {"mean_classes_kept": float(np.mean(kept_sizes)),
                         "present_class_recall_after_nms_and_rejection": recall_hits / max(1, recall_total)}
-    return {"results": results, "early_rejection": diag}
+    return {"results": results, "halves": halves, "early_rejection": diag}
 
 
 def _summary(acc: IoUAccumulator) -> dict:
@@ -276,11 +305,32 @@ def run_sweeps(items_by_ds: dict[str, list[Item]], class_names: dict[str, list[s
 # Reporting
 
 
-def main_table(main: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
-    cols = [(ds, p) for ds in main["results"] for p in presets]
-    header = ["method"] + [f"{_ds_title(ds)} {p}" for ds, p in cols]
-    rows = [[METHODS[m]] + [main["results"][ds][p][m]["miou"] for ds, p in cols] for m in methods]
+def main_table(main: dict, presets: Sequence[str], methods: Sequence[str], half: str = "all") -> str:
+    res = main["results"] if half == "all" else main["halves"][half]
+    cols = [(ds, p) for ds in res for p in presets]
+    header = ["method"] + [f"{_ds_title(ds)} {p}" for ds, p in cols] + ["mean"]
+    rows = []
+    for m in methods:
+        vals = [res[ds][p][m]["miou"] for ds, p in cols]
+        rows.append([METHODS[m]] + vals + [float(np.nanmean(vals))])
     return markdown_table(header, rows)
+
+
+def thin_table(main: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
+    """Per-class IoU of the thin and small classes (:data:`THIN`), all images."""
+    parts = []
+    for ds, names in THIN.items():
+        if ds not in main["results"]:
+            continue
+        cols = [(p, c) for p in presets for c in names]
+        header = ["method"] + [f"{p} {c}" for p, c in cols]
+        rows = [[METHODS[m]] + [_iou(main["results"][ds][p][m], c) for p, c in cols] for m in methods]
+        parts.append(f"{_ds_title(ds)}, per-class IoU (%)\n\n" + markdown_table(header, rows))
+    return "\n\n".join(parts)
+
+
+def _iou(summary: dict, name: str) -> float:
+    return float(summary["per_class"].get(name, float("nan")))
 
 
 def sweep_tables(sweeps: dict) -> str:
@@ -339,8 +389,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder holding camvid/ and coco_object/")
     ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS), choices=list(DATASET_DIRS))
-    ap.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
-                    help="evidence strengths (default: all three; --quick: medium)")
+    ap.add_argument("--presets", nargs="+", default=None, choices=STRENGTHS,
+                    help="evidence strengths (default: all four; --quick: medium); probe needs the "
+                         "features of every image of the run (cached with the affinities)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--images", type=int, default=None, help="images per dataset (evenly spaced; default all)")
     ap.add_argument("--quick", action="store_true",
@@ -386,6 +437,8 @@ def run(args: argparse.Namespace) -> dict:
         sweep_idx = spaced_subset(len(dset), args.sweep_images) if (args.sweep or args.sweep_only) else []
         loaded = {i: _item(dset, i) for i in sorted(set(main_idx) | set(sweep_idx))}
         main_items[ds] = [loaded[i] for i in main_idx]
+        # the probe of each half is fit on the other half of this run's images
+        PROBES[ds] = make_probe(dset, cache, pool=main_idx or sweep_idx)
         sweep_items[ds] = [loaded[i] for i in sweep_idx]
 
     report: dict = {
@@ -432,6 +485,13 @@ def render(report: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
         imgs = ", ".join(f"{_ds_title(d)} {n}" for d, n in report["meta"]["images"].items())
         parts.append(f"mIoU (%), evidence strength × dataset; images: {imgs}\n\n"
                      + main_table(report["main"], presets, methods))
+        for h, what in (("even", "even image indices (where the settings were chosen)"),
+                        ("odd", "odd image indices (held out)")):
+            if report["main"].get("halves", {}).get(h):
+                parts.append(f"mIoU (%), {what}\n\n" + main_table(report["main"], presets, methods, h))
+        thin = thin_table(report["main"], presets, methods)
+        if thin:
+            parts.append(thin)
         er = report["main"].get("early_rejection", {})
         if er:
             parts.append("Early rejection (medium evidence): " + "; ".join(
@@ -449,7 +509,7 @@ def render(report: dict, presets: Sequence[str], methods: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.presets is None:
-        args.presets = ["medium"] if args.quick else list(PRESETS)
+        args.presets = ["medium"] if args.quick else list(STRENGTHS)
     if args.render:
         report = json.loads(args.render.read_text())
         if "sweeps" in report:

@@ -64,18 +64,19 @@ def mv_steps(velocity: torch.Tensor) -> int:
 def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], image: np.ndarray, mode: str,
                 cfg: Any) -> dict[str, Callable[..., Any]]:
     """``dslo.head.refine`` as its public stages (``resize_to_grid`` + ``seed_classes``,
-    ``transport_matrix``, ``discrepancy``, ``upsample_maps``), each a closure over the previous
+    ``transport_matrix``, ``discrepancy``, ``read_out``), each a closure over the previous
     stage's output so each can be timed alone; the mode's functions come from the head's mode
     table. Returns the stage callables in order."""
     from dslo.head import discrepancy as head_discrepancy
-    from dslo.head import guide_image, resize_to_grid, seed_classes, transport_matrix, upsample_maps
+    from dslo.head import guide_image, read_out, resize_to_grid, seed_classes, transport_matrix
 
     state: dict[str, Any] = {}
 
     def seeds():
         L = resize_to_grid(logits.float(), grid)
-        a, kept = seed_classes(L.reshape(L.shape[0], -1), cfg)
-        state.update(a=a, kept=kept)
+        flat = L.reshape(L.shape[0], -1)
+        a, kept = seed_classes(flat, cfg)
+        state.update(a=a, kept=kept, flat=flat)
         return a
 
     def ipf_stage():
@@ -86,10 +87,10 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
         state["D"] = head_discrepancy(state["a"], A, mode, cfg, matrix=state["T"])
         return state["D"]
 
-    def jbu():
+    def jbu():  # the readout: JBU of the maps (and, by default, the fusion with the evidence)
         img = guide_image(image, device=logits.device)
-        scores = upsample_maps(state["D"].reshape(-1, *grid), img, cfg)
-        state["labels"] = state["kept"][scores.argmax(0)]
+        res = read_out(logits.float(), state["flat"], state["D"], state["kept"], tuple(grid), img, cfg, mode)
+        state["labels"], state["rows"] = res.labels, res.kept
         return state["labels"]
 
     return {"seeds": seeds, "ipf": ipf_stage, "discrepancy": discrepancy, "jbu": jbu, "_state": state}

@@ -212,7 +212,7 @@ def test_speed_head_stages_reproduce_refine(mode):
         st[name]()
     ref = refine(L, A, image, mode=mode, grid=(h, w), config=cfg)
     assert torch.equal(st["_state"]["labels"], ref.labels)
-    assert torch.equal(st["_state"]["kept"], ref.kept)
+    assert torch.equal(st["_state"]["rows"], ref.kept)
     D = st["_state"]["D"].reshape(-1, h, w)
     assert torch.equal(D, discrepancy(st["_state"]["a"], A, mode, cfg).reshape(-1, h, w))
 

@@ -8,8 +8,26 @@ Imports only torch and the leaf :mod:`dslo.errors`. The modes are one table,
 
 from .config import HeadConfig
 from .modes import MODE_TABLE, MODES, Mode, discrepancy, get_mode, transport_matrix
-from .refine import RefineResult, infer_grid, refine, resize_to_grid, seed_classes, upsample_maps
-from .seeds import class_confidence, early_rejection, nms, normalize
+from .readout import (
+    candidate_classes,
+    class_argmax,
+    evidence_ambiguity,
+    evidence_margin,
+    fuse,
+    fusion_weight,
+    normalize_maps,
+)
+from .refine import (
+    RefineResult,
+    image_fusion_weight,
+    infer_grid,
+    read_out,
+    refine,
+    resize_to_grid,
+    seed_classes,
+    upsample_maps,
+)
+from .seeds import class_confidence, early_rejection, nms, normalize, recover_seeds
 from .transport import ipf, optimal_path, sinkhorn
 from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 from .velocity import kl_map, maximum_velocity
@@ -20,19 +38,29 @@ __all__ = [
     "HeadConfig",
     "Mode",
     "RefineResult",
+    "candidate_classes",
+    "class_argmax",
     "class_confidence",
     "discrepancy",
     "early_rejection",
+    "evidence_ambiguity",
+    "evidence_margin",
+    "fuse",
+    "fusion_weight",
     "get_mode",
     "guide_image",
+    "image_fusion_weight",
     "infer_grid",
     "ipf",
     "joint_bilateral_upsample",
     "kl_map",
     "maximum_velocity",
+    "normalize_maps",
     "nms",
     "normalize",
     "optimal_path",
+    "read_out",
+    "recover_seeds",
     "refine",
     "resize_to_grid",
     "seed_classes",

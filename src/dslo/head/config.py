@@ -12,6 +12,7 @@ from ..errors import SettingsError, check_choice, check_known
 UPSAMPLERS = ("jbu", "bilinear")
 OP_COSTS = ("ipf", "attention")
 READOUTS = ("cost", "dual")
+FUSIONS = ("evidence", "none")
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,26 @@ class HeadConfig:
     sigma_range: float = 0.1
     jbu_radius: int | None = None  # default ceil(3 σ_s)
     jbu_max_side: int | None = None  # JBU at most at this size, then bilinear to the image size
+    # Beyond the paper (SPEC §8, docs/head.md). Label readout: "evidence" fuses the head's maps with
+    # the evidence's class posterior (log P_c + λ·D̂_c); "none" is the paper's argmax_c JBU(D_c).
+    fusion: str = "evidence"
+    fusion_weight: float | None = None  # λ; None: per image, a step function of the evidence's margin
+    # the per-image rule (readout.fusion_weight): ascending margin thresholds (top-two log-odds) and
+    # one more λ levels, clean to noisy; None: the mode's rule chosen on real images (readout.FUSION_RULE)
+    fusion_thresholds: tuple[float, ...] | None = None
+    fusion_levels: tuple[float, ...] | None = None
+    fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
+    # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
+    # with probability >= this (None: off, the paper).
+    recover_threshold: float | None = 0.25
 
     def __post_init__(self) -> None:
         check_choice("upsample", self.upsample, UPSAMPLERS)
         check_choice("op_cost", self.op_cost, OP_COSTS)
         check_choice("readout", self.readout, READOUTS)
+        if self.fusion is None:  # `--set fusion=none` arrives as None from the command line
+            object.__setattr__(self, "fusion", "none")
+        check_choice("fusion", self.fusion, FUSIONS)
         _number("nms_threshold", self.nms_threshold, low=0.0, high=1.0, what="a probability in (0, 1)")
         for name in ("nms_scale", "norm_scale", "eps", "delta", "sigma_spatial", "sigma_range"):
             _number(name, getattr(self, name), low=0.0, what="> 0")
@@ -62,9 +78,43 @@ class HeadConfig:
         _integer("max_steps", self.max_steps, 1)
         _integer("jbu_radius", self.jbu_radius, 0, none_ok=True)
         _integer("jbu_max_side", self.jbu_max_side, 0, none_ok=True)  # 0 or None: no limit
+        _non_negative("fusion_weight", self.fusion_weight, none_ok=True)
+        self._check_fusion_rule()
+        _integer("fusion_extra", self.fusion_extra, 0, none_ok=True)
+        if self.recover_threshold is not None:
+            _number("recover_threshold", self.recover_threshold, low=0.0, high=1.0,
+                    what="a probability in (0, 1) or None")
         for name in ("normalize_max", "interpolate"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    def _check_fusion_rule(self) -> None:
+        from .readout import FUSION_RULE, check_fusion_rule
+
+        rule = []
+        for name in ("fusion_thresholds", "fusion_levels"):
+            v = getattr(self, name)
+            if v is None:
+                rule.append(None)
+                continue
+            if isinstance(v, str):  # "2.3,3.9" from the command line (--set fusion_levels=0,4,16)
+                v = [x for x in v.replace(" ", "").split(",") if x]
+            try:
+                v = tuple(float(x) for x in ((v,) if isinstance(v, (int, float)) else v))
+            except (TypeError, ValueError):
+                raise SettingsError(f"{name} must be a list of numbers, got {v!r}") from None
+            object.__setattr__(self, name, v)
+            rule.append(v)
+        thresholds, levels = rule
+        if thresholds is None and levels is None:
+            return
+        # one given: the other from the M.V. rule, so a partial override is checked against it
+        thresholds = thresholds if thresholds is not None else FUSION_RULE["mv"][0]
+        levels = levels if levels is not None else FUSION_RULE["mv"][1]
+        try:
+            check_fusion_rule(thresholds, levels)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -90,6 +140,15 @@ def _number(name: str, value: object, *, low: float, high: float | None = None, 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value <= low or (high is not None and value >= high):
         raise SettingsError(f"{name} must be {what}, got {value!r}")
+
+
+def _non_negative(name: str, value: object, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:
+        extra = " or None" if none_ok else ""
+        raise SettingsError(f"{name} must be a finite number >= 0{extra}, got {value!r}")
 
 
 def _integer(name: str, value: object, low: int, *, none_ok: bool = False) -> None:

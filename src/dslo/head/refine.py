@@ -12,21 +12,25 @@ import torch.nn.functional as F
 from ._checks import as_float, check_finite, check_square
 from .config import HeadConfig
 from .modes import MODES, discrepancy, get_mode, transport_matrix
-from .seeds import early_rejection, nms, normalize
-from .upsample import guide_image, joint_bilateral_upsample
+from .readout import FUSION_RULE, candidate_classes, class_argmax, evidence_margin, fuse, fusion_weight, normalize_maps
+from .seeds import early_rejection, nms, normalize, recover_seeds
+from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 
-__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "infer_grid", "refine", "resize_to_grid",
-           "seed_classes", "transport_matrix", "upsample_maps"]
+__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_fusion_weight", "infer_grid", "read_out",
+           "refine", "resize_to_grid", "seed_classes", "transport_matrix", "upsample_maps"]
 
 @dataclass
 class RefineResult:
     """``labels (H, W)`` int64 indices into the K given classes; ``scores (K', H, W)`` the
-    upsampled discrepancy maps of the surviving classes; ``kept (K',)`` their class indices."""
+    upsampled per-class scores (the discrepancy maps with ``fusion="none"``, the fused
+    ``log P + λ·D̂`` otherwise); ``kept (K',)`` the class index of each score row; ``weight`` the
+    fused readout's λ for this image (None without fusion)."""
 
     labels: torch.Tensor
     scores: torch.Tensor
     kept: torch.Tensor
     grid: tuple[int, int] = field(default=(0, 0))
+    weight: float | None = None
 
 
 def infer_grid(n: int, like: tuple[int, int]) -> tuple[int, int]:
@@ -54,6 +58,9 @@ def seed_classes(flat: torch.Tensor, cfg: HeadConfig) -> tuple[torch.Tensor, tor
     """``(K, N)`` patch logits → ``(a (K', N), kept (K',))``: NMS seeds, early rejection of
     classes, and each kept class's distribution over patches; ``kept`` are its class indices."""
     masked, keep = nms(flat, cfg.nms_scale, cfg.nms_threshold)
+    if cfg.recover_threshold is not None:
+        keep = recover_seeds(flat, keep, cfg.nms_scale, cfg.recover_threshold)
+        masked = flat.masked_fill(~keep, float("-inf"))
     if not keep.any():
         # Possible only when θ > 1/K and every patch is ambiguous: seed each patch's arg-max class
         # instead, so the head always returns a segmentation.
@@ -139,8 +146,54 @@ def refine(
         raise ValueError(f"grid {tuple(grid)} does not match affinity of shape {tuple(A.shape)}")
     L = resize_to_grid(L, grid)
 
-    a, kept = seed_classes(L.reshape(K, N), cfg)
-    D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg)).reshape(len(kept), *grid)
-    scores = upsample_maps(D, img, cfg)
-    labels = kept[scores.argmax(0)]
-    return RefineResult(labels, scores, kept, tuple(grid))
+    flat = L.reshape(K, N)
+    a, kept = seed_classes(flat, cfg)
+    D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
+    return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode)
+
+
+def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept: torch.Tensor,
+             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> RefineResult:
+    """The readout stage of :func:`refine`: discrepancy maps → upsampled scores → labels.
+
+    Args:
+        logits: ``(K, h, w)`` the evidence as given (its own grid; the fused readout upsamples its
+            log-posterior from there, as plain upsampling does).
+        flat: ``(K, N)`` the evidence on the head's grid ``grid``.
+        maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``.
+        image: ``(H, W, 3)`` float guide (:func:`dslo.head.guide_image`).
+        mode: the discrepancy that made ``maps`` (picks the default fusion gain).
+    Returns: :class:`RefineResult`.
+    """
+    if cfg.fusion == "none":
+        scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
+        return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
+    lam = image_fusion_weight(flat, cfg, mode)
+    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)
+    if lam == 0:
+        # Clean evidence decides alone: every class competes, as in plain upsampling, whose labels
+        # these are (bilinear interpolation is linear, so the arg-max of the upsampled log-posterior
+        # is the arg-max of the upsampled logits); the maps need no upsampling. Scores are kept
+        # for the classes that win a pixel only (K x H x W would be 1.2 GB at K = 150, 2048 x 1024).
+        labels = upsample_argmax(log_post, image.shape[:2])
+        cand = labels.unique(sorted=True)
+        scores = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        return RefineResult(labels, scores, cand, tuple(grid), lam)
+    cand = candidate_classes(flat, kept, cfg.fusion_extra)
+    log_post = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+    up = upsample_maps(normalize_maps(maps).reshape(len(kept), *grid), image, cfg)
+    scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam)
+    return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
+
+
+def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float:
+    """λ of the fused readout for one image's ``(K, N)`` evidence: ``cfg.fusion_weight`` when set,
+    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight` of the evidence's
+    :func:`~dslo.head.readout.evidence_margin`, with ``cfg.fusion_thresholds`` / ``fusion_levels``
+    (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`)."""
+    if cfg.fusion_weight is not None:
+        return float(cfg.fusion_weight)
+    thresholds, levels = FUSION_RULE.get(mode, FUSION_RULE["mv"])
+    thresholds = cfg.fusion_thresholds if cfg.fusion_thresholds is not None else thresholds
+    levels = cfg.fusion_levels if cfg.fusion_levels is not None else levels
+    return fusion_weight(evidence_margin(flat, cfg.nms_scale), thresholds, levels)

@@ -31,6 +31,24 @@ def nms(
     return masked, keep
 
 
+def recover_seeds(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40.0,
+                  threshold: float = 0.25) -> torch.Tensor:
+    """Seeds for the classes NMS dropped entirely (thin and small classes rarely reach θ = 0.5).
+
+    A class with no surviving patch is seeded where it is the arg-max class with probability
+    ``P = softmax_c(scale · L) >= threshold``. Those patches have no NMS survivor (a survivor with
+    θ >= 0.5 is the arg-max), so at most one class is seeded per patch as before.
+
+    Args: ``logits (K, N)``, ``keep (K, N)`` bool from :func:`nms`. Returns the new ``keep``.
+    """
+    L = as_float(logits, "logits").reshape(keep.shape)
+    prob = torch.softmax(scale * L, dim=0)
+    top = prob == prob.amax(dim=0, keepdim=True)
+    dropped = ~keep.any(dim=1)
+    extra = top & (prob >= threshold) & dropped[:, None] & ~keep.any(dim=0, keepdim=True)
+    return keep | extra
+
+
 def class_confidence(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40.0) -> torch.Tensor:
     """Confidence of each class: the soft area of its surviving patches, ``Σ_i P[c, i]·keep[c, i]``.
 

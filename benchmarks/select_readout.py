@@ -1,0 +1,376 @@
+"""Choose the fused readout's settings on one half of the images (even indices), report the other.
+
+For every image and evidence strength this runs the head once per (mode, recovery) variant,
+upsamples the evidence term ``s·L`` and the normalised maps ``D̂`` once (JBU is linear), and
+records the image's confusion matrix for a grid of fixed λ values, plus the per-image evidence
+statistics a λ rule may use. Rules are then scored offline by summing the chosen per-image
+confusions, so a rule's mIoU on a half costs no head run.
+
+    python benchmarks/select_readout.py --images 60 --out /tmp/sel.npz     # record
+    python benchmarks/select_readout.py --load /tmp/sel.npz                # choose + report
+
+Results: docs/benchmarks.md ("Choosing the readout").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench import (DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_write_bytes,  # noqa: E402
+                    atomic_write_text, spaced_subset)  # noqa: E402
+from refine_real import Item, _item, evidence_for, jbu_baseline, make_probe  # noqa: E402
+
+from dslo.eval.datasets import get_dataset  # noqa: E402
+from dslo.head.readout import FUSION_RULE, fusion_weight  # noqa: E402
+from dslo.head import (  # noqa: E402
+    HeadConfig,
+    candidate_classes,
+    discrepancy,
+    evidence_ambiguity,
+    joint_bilateral_upsample,
+    normalize_maps,
+    seed_classes,
+)
+
+# fixed λ, recorded per image so that any rule choosing λ from this grid per image (e.g. a step
+# function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
+LAMBDAS = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 1e6]
+RECOVER = 0.25  # recovery threshold of the "rec" variants
+STRENGTHS = ["easy", "medium", "hard", "probe"]
+
+
+def fused_argmax(U1: torch.Tensor, U2: torch.Tensor, lam: float) -> torch.Tensor:
+    """``argmax_c (U1 + lam·U2)`` over dim 0 by a running maximum over classes (first index on
+    ties, as ``argmax``); ``lam >= 1e5`` ranks by ``U2`` first. Several times faster than
+    ``Tensor.argmax(0)`` on a ``(K, H, W)`` CPU tensor, which is most of this script's time."""
+    def score(k):
+        return U2[k] + U1[k] / lam if lam >= 1e5 else U1[k] + lam * U2[k]
+
+    best = score(0)
+    idx = torch.zeros(best.shape, dtype=torch.int64)
+    for k in range(1, U1.shape[0]):
+        s = score(k)
+        m = s > best
+        best = torch.where(m, s, best)
+        idx.masked_fill_(m, k)
+    return idx
+
+
+def confusion(pred: np.ndarray, label: np.ndarray, K: int) -> tuple:
+    """The image's ``(K, K)`` confusion (rows: truth) stored sparsely as ``(K, cells, counts)``:
+    an image holds a few of COCO-Object's 81 classes, and a dense 81² matrix per variant, image and
+    strength would not fit in memory for the full data sets. :func:`dense` reads it back."""
+    ok = label < K
+    flat = label[ok].astype(np.int64) * K + pred[ok]
+    cells, counts = np.unique(flat, return_counts=True)
+    return K, cells.astype(np.int32), counts.astype(np.int64)
+
+
+def dense(c) -> np.ndarray:
+    """A :func:`confusion` as a dense ``(K, K)`` int64 matrix (dense input passes through)."""
+    if isinstance(c, np.ndarray):
+        return c
+    K, cells, counts = c
+    return np.bincount(cells, weights=counts, minlength=K * K).astype(np.int64).reshape(K, K)
+
+
+def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], cfg: HeadConfig) -> dict:
+    K = L.shape[0]
+    N = grid[0] * grid[1]
+    Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+    flat = Lg.reshape(K, N)
+    out: dict = {"stats": {"ambiguity": evidence_ambiguity(flat, cfg.nms_scale)}, "conf": {}}
+    P = torch.softmax(cfg.nms_scale * flat, 0)
+    srt = P.sort(0, descending=True).values
+    out["stats"]["margin"] = float((srt[0] - srt[1]).mean())
+    out["stats"]["nms_survival"] = float((srt[0] >= cfg.nms_threshold).float().mean())
+    out["stats"]["present"] = int((torch.bincount(flat.argmax(0), minlength=K) > 0).sum())
+    top2 = flat.topk(min(2, K), dim=0).values
+    out["stats"]["log_odds"] = float((cfg.nms_scale * (top2[0] - top2[-1])).median()) if K > 1 else float("inf")
+    out["conf"]["bilinear"] = confusion(
+        F.interpolate(L[None], size=it.label.shape, mode="bilinear", align_corners=False)[0].argmax(0).numpy(),
+        it.label, K)
+    out["conf"]["jbu"] = confusion(jbu_baseline(L, grid, it.image, cfg).numpy(), it.label, K)
+    # One head run per mode on the union of the classes kept with and without recovery seeds: the
+    # discrepancy of a class depends only on its own seeds, so every variant reads its rows from it.
+    a0, kept0 = seed_classes(flat, cfg.replace(recover_threshold=None))
+    a1, kept1 = seed_classes(flat, cfg.replace(recover_threshold=RECOVER))
+    union = torch.cat([kept0, kept1]).unique(sorted=True)
+    a = torch.zeros(len(union), N)
+    a[torch.searchsorted(union, kept1)] = a1
+    a[torch.searchsorted(union, kept0)] = a0  # identical rows where both have the class
+    for mode in ("mv", "op"):
+        D = discrepancy(a, A, mode, cfg)
+        Dup = joint_bilateral_upsample(normalize_maps(D).reshape(-1, *grid), it.image, cfg.sigma_spatial,
+                                       cfg.sigma_range, cfg.jbu_radius)
+        r0 = torch.searchsorted(union, kept0)
+        out["conf"][(mode, "paper")] = confusion(kept0[fused_argmax(Dup[r0], Dup[r0], 0.0)].numpy(), it.label, K)
+        for tag, kept in (("norec", kept0), ("rec", kept1)):
+            cand = candidate_classes(flat, kept, cfg.fusion_extra)
+            U1 = F.interpolate(torch.log_softmax(cfg.nms_scale * L, 0)[cand][None], size=it.label.shape,
+                               mode="bilinear", align_corners=False)[0]
+            U2 = torch.zeros_like(U1)
+            U2[torch.searchsorted(cand, kept)] = Dup[torch.searchsorted(union, kept)]
+            if tag == "norec":  # recovery's effect, at the default rule only
+                lam = fusion_weight(out["stats"]["log_odds"], *FUSION_RULE[mode])
+                out["conf"][(mode, tag, "rule")] = (out["conf"]["bilinear"] if lam == 0 else
+                                                    confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K))
+                continue
+            for lam in LAMBDAS:
+                out["conf"][(mode, tag, lam)] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
+    return out
+
+
+def _wait_cached(cache: AttentionCache, image: np.ndarray) -> None:
+    from _bench import _image_digest
+
+    path = cache.dir / f"{_image_digest(image)}.feat.npz"
+    while not path.is_file():
+        time.sleep(5)
+
+
+def miou(conf: np.ndarray) -> float:
+    inter = np.diag(conf).astype(float)
+    union = conf.sum(0) + conf.sum(1) - inter
+    gt = conf.sum(1)
+    ok = gt > 0
+    return float(100 * np.mean(inter[ok] / np.maximum(union[ok], 1)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Choosing on the even half, reporting both
+
+
+def variants(rec: dict) -> list:
+    """Every recorded variant key (baselines, paper readouts, fixed λ, λ rules)."""
+    return list(next(iter(rec.values()))["conf"])
+
+
+def cell_miou(rec: dict, ds: str, strength: str, key, half: str | None) -> float:
+    """mIoU of one variant over one dataset × strength, on the even / odd half or all (None)."""
+    tot = None
+    for (d, i, s), r in rec.items():
+        if d != ds or s != strength or (half == "even" and i % 2) or (half == "odd" and not i % 2):
+            continue
+        c = dense(r["conf"][key])
+        tot = c.copy() if tot is None else tot + c
+    return float("nan") if tot is None else miou(tot)
+
+
+def table(rec: dict, keys: list, half: str | None) -> tuple[list, dict]:
+    cells = sorted({(d, s) for d, _, s in rec}, key=lambda c: (c[0], STRENGTHS.index(c[1])))
+    return cells, {k: [cell_miou(rec, d, s, k, half) for d, s in cells] for k in keys}
+
+
+def rule_key(mode: str, thresholds: tuple, levels: tuple) -> tuple:
+    return (mode, "rule", tuple(float(t) for t in thresholds), tuple(float(v) for v in levels))
+
+
+def rule_conf(r: dict, mode: str, thresholds, levels):
+    """One image's confusion under the step rule: λ from its evidence margin; λ = 0 is plain
+    upsampling over every class (what ``refine`` returns then), any other λ a recorded grid value."""
+    lam = fusion_weight(r["stats"]["log_odds"], thresholds, levels)
+    return r["conf"]["bilinear"] if lam == 0 else r["conf"][(mode, "rec", lam)]
+
+
+def add_rule(rec: dict, mode: str, thresholds, levels) -> tuple:
+    """Store the rule's per-image confusions in ``rec`` under :func:`rule_key`; returns the key."""
+    key = rule_key(mode, thresholds, levels)
+    for r in rec.values():
+        r["conf"][key] = rule_conf(r, mode, thresholds, levels)
+    return key
+
+
+def targets(rec: dict, half: str | None) -> dict:
+    """The issue's per-cell target ``max(bilinear, JBU, paper-readout M.V. − 0.5)``."""
+    cells, t = table(rec, ["bilinear", "jbu", ("mv", "paper")], half)
+    return {c: max(a, b, m - 0.5) for c, a, b, m in zip(cells, t["bilinear"], t["jbu"], t[("mv", "paper")])}
+
+
+def choose(rec: dict, top: int = 8) -> dict:
+    """On the even half, per mode: the step rule λ(margin) (two thresholds on the evidence's median
+    top-two log-odds, λ = 0 above the upper one, then two grid levels) with the best worst-cell
+    margin over :func:`targets` ("never lose"); ties (within 0.05) broken by the mean over the
+    cells. Each rule is scored exactly: its per-image λ is a recorded grid value. Thresholds are
+    the 4 %, 8 %, ... 96 % quantiles of the margins of the even half's images."""
+    even = {k: r for k, r in rec.items() if k[1] % 2 == 0}
+    cells = sorted({(d, s) for d, _, s in even}, key=lambda c: (c[0], STRENGTHS.index(c[1])))
+    tgt = targets(rec, "even")
+    margins = np.array([r["stats"]["log_odds"] for r in even.values()])
+    ths = sorted(set(np.round(np.quantile(margins, np.arange(0.04, 0.97, 0.04)), 2).tolist()))
+    out = {}
+    for mode in ("mv", "op"):
+        # per cell: (n, λ, K*K) stacked per-image confusions, λ = 0 being plain upsampling
+        per_cell = {}
+        for c in cells:
+            ks = [k for k in even if (k[0], k[2]) == c]
+            K = dense(even[ks[0]]["conf"]["bilinear"]).shape[0]
+            C = np.stack([[dense(even[k]["conf"]["bilinear"] if lam == 0 else even[k]["conf"][(mode, "rec", lam)]).ravel()
+                           for lam in LAMBDAS] for k in ks])
+            x = np.array([even[k]["stats"]["log_odds"] for k in ks])
+            per_cell[c] = (C, K, x)
+        scored = []
+        for i, t1 in enumerate(ths):
+            for t2 in ths[i + 1:]:
+                # per cell, the three groups' confusions summed for every λ: a rule is then 3 adds
+                sums = {c: [C[g].sum(0) for g in (x >= t2, (x >= t1) & (x < t2), x < t1)]
+                        for c, (C, K, x) in per_cell.items()}
+                for l1 in range(1, len(LAMBDAS)):
+                    for l2 in range(l1, len(LAMBDAS)):
+                        vals = [miou((S0[0] + S1[l1] + S2[l2]).reshape(per_cell[c][1], -1))
+                                for c, (S0, S1, S2) in sums.items()]
+                        worst = min(v - tgt[c] for v, c in zip(vals, per_cell))
+                        scored.append((round(worst / 0.05) * 0.05, float(np.mean(vals)),
+                                       ((t1, t2), (0.0, LAMBDAS[l1], LAMBDAS[l2]))))
+        scored.sort(key=lambda z: (z[0], z[1]), reverse=True)
+        out[mode] = scored[:top]
+    return out
+
+
+def report(rec: dict) -> str:
+    lines = []
+    keys = ["bilinear", "jbu"] + [k for k in variants(rec) if isinstance(k, tuple)]
+    for half in ("even", "odd", None):
+        cells, t = table(rec, keys, half)
+        n = {ds: len({i for d, i, _ in rec if d == ds and (half is None or (i % 2 == 0) == (half == "even"))})
+             for ds in {c[0] for c in cells}}
+        lines.append(f"\n## {half or 'all'} images {n}\n")
+        lines.append("| variant | " + " | ".join(f"{d} {s}" for d, s in cells) + " | mean |")
+        lines.append("|---" * (len(cells) + 2) + "|")
+        for k in keys:
+            v = t[k]
+            lines.append(f"| {k} | " + " | ".join(f"{x:.1f}" for x in v) + f" | {np.nanmean(v):.1f} |")
+    return "\n".join(lines)
+
+
+THIN = {"camvid": {"pole": 2, "sign symbol": 6, "pedestrian": 9, "bicyclist": 10}}
+
+
+def class_iou(conf: np.ndarray, c: int) -> float:
+    inter = conf[c, c]
+    union = conf[c].sum() + conf[:, c].sum() - inter
+    return float("nan") if union == 0 else 100.0 * inter / union
+
+
+def results_markdown(rec: dict, rows: dict) -> str:
+    """The results tables: ``rows`` maps a row title to a variant key; both halves and all."""
+    out = []
+    for half, what in (("even", "even indices (settings chosen here)"), ("odd", "odd indices (held out)"),
+                       (None, "all")):
+        cells, t = table(rec, list(rows.values()), half)
+        n = {ds: len({i for d, i, _ in rec if d == ds and (half is None or (i % 2 == 0) == (half == "even"))})
+             for ds in sorted({c[0] for c in cells})}
+        out.append(f"mIoU (%), {what}; images: " + ", ".join(f"{d} {k}" for d, k in n.items()) + "\n")
+        out.append("| method | " + " | ".join(f"{_title(d)} {s}" for d, s in cells) + " | mean |")
+        out.append("|---" * (len(cells) + 2) + "|")
+        for title, k in rows.items():
+            v = t[k]
+            out.append(f"| {title} | " + " | ".join(f"{x:.1f}" for x in v) + f" | {np.nanmean(v):.1f} |")
+        out.append("")
+    for ds, classes in THIN.items():
+        strengths = [s for s in STRENGTHS if any(d == ds and st == s for d, _, st in rec)]
+        out.append(f"{_title(ds)}, per-class IoU (%) of the thin and small classes, all images\n")
+        out.append("| method | " + " | ".join(f"{s} {c}" for s in strengths for c in classes) + " |")
+        out.append("|---" * (len(strengths) * len(classes) + 1) + "|")
+        for title, k in rows.items():
+            vals = []
+            for s in strengths:
+                tot = sum(dense(r["conf"][k]) for (d, _, st), r in rec.items() if d == ds and st == s)
+                vals += [class_iou(tot, c) for c in classes.values()]
+            out.append(f"| {title} | " + " | ".join(f"{x:.1f}" for x in vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _title(ds: str) -> str:
+    return {"camvid": "CamVid", "coco_object": "COCO-Obj"}.get(ds, ds)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=None)
+    ap.add_argument("--strengths", nargs="+", default=STRENGTHS)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASET_DIRS))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/select_readout.pkl"))
+    ap.add_argument("--stride", type=int, default=1, help="every stride-th image of the spaced subset")
+    ap.add_argument("--wait", action="store_true", help="wait for another process to cache each image")
+    ap.add_argument("--md", type=Path, default=None, help="with --load: write the results tables here")
+    ap.add_argument("--load", type=Path, nargs="+", default=None, help="only choose and report from saved records")
+    ap.add_argument("--all-variants", action="store_true", help="with --load: print every recorded variant too")
+    args = ap.parse_args(argv)
+    import pickle
+
+    if args.load:
+        rec = {}
+        for path in args.load:
+            rec.update(pickle.loads(path.read_bytes()))
+        if args.all_variants:
+            print(report(rec))
+        chosen = choose(rec)
+        rows = {"(a) bilinear": "bilinear", "(b) + JBU": "jbu", "(d0) O.P., paper readout": ("op", "paper"),
+                "(e0) M.V., paper readout": ("mv", "paper")}
+        for mode in ("mv", "op"):
+            key = add_rule(rec, mode, *FUSION_RULE[mode])
+            rows[f"({'d' if mode == 'op' else 'e'}) {mode.upper()}, default rule {key[2]} → λ {key[3]}"] = key
+        md = results_markdown(rec, rows)
+        print(md)
+        if args.md:
+            atomic_write_text(args.md, md)
+        for mode, best in chosen.items():
+            print(f"\n{mode}: best step rules on the even half (worst-cell margin over max(a, b, paper M.V. - 0.5), "
+                  f"mean; then the odd half's)")
+            for margin, mean, (th, lv) in best:
+                key = add_rule(rec, mode, th, lv)
+                tgt = targets(rec, "odd")
+                cells, t = table(rec, [key], "odd")
+                odd = min(v - tgt[c] for v, c in zip(t[key], cells))
+                print(f"  thresholds {th}, levels {lv}: even worst {margin:+.2f}, mean {mean:.2f} | "
+                      f"odd worst {odd:+.2f}, mean {np.nanmean(t[key]):.2f}")
+        return 0
+
+    torch.set_num_threads(1)
+    cfg = HeadConfig()
+    cache = AttentionCache("focus-s14", {}, "cpu")
+    # resumable: records already in --out are kept and not recomputed
+    rec: dict = pickle.loads(args.out.read_bytes()) if args.out.is_file() else {}
+    t0 = time.perf_counter()
+    dsets = {ds: get_dataset(ds, DEFAULT_DATA_ROOT / DATASET_DIRS[ds]) for ds in args.datasets}
+    idx = {ds: spaced_subset(len(d), args.images)[:: args.stride] for ds, d in dsets.items()}
+    synthetic = [s for s in args.strengths if s != "probe"]
+    # synthetic strengths first, image by image; the probe last (each fold needs its whole half)
+    n = max(len(v) for v in idx.values())
+    jobs = [(ds, idx[ds][j], synthetic) for j in range(n) for ds in dsets if j < len(idx[ds])]
+    if "probe" in args.strengths:
+        jobs += [(ds, idx[ds][j], ["probe"]) for j in range(n) for ds in dsets if j < len(idx[ds])]
+    probes = {ds: make_probe(d, cache, pool=idx[ds]) for ds, d in dsets.items()}
+    done = 0
+    for ds, i, strengths in jobs:
+        strengths = [s for s in strengths if (ds, i, s) not in rec]
+        if not strengths:
+            continue
+        if args.wait:
+            _wait_cached(cache, dsets[ds][i].load_image())
+        it = _item(dsets[ds], i)
+        A, grid = cache.get(it.image)
+        for s in strengths:
+            L = probes[ds].evidence(i) if s == "probe" else evidence_for(it, s, 0)
+            rec[(ds, i, s)] = record_image(it, L, A, grid, cfg)
+        print(f"{ds} {i} {strengths} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        done += 1
+        if done % 10 == 0:
+            atomic_write_bytes(args.out, pickle.dumps(rec))
+    atomic_write_bytes(args.out, pickle.dumps(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The head's readout: from discrepancy maps to per-class scores (SPEC §8, beyond the paper).
+
+The paper's label is ``argmax_c JBU(D_c)`` over the classes that survive NMS ("pure" readout). On
+clean evidence that loses to plain upsampling: NMS keeps one class per patch and the map of a
+dropped class is gone. The **fused** readout keeps what the evidence knows and adds what the
+attention knows:
+
+    S_c = log P_c + λ · D̂_c,     P = softmax_c(s · L)  (the NMS class posterior, all K classes)
+
+where ``D̂_c`` is the head's map of class c divided by its maximum (0 for a class with no map).
+Each part is upsampled the way it is best upsampled, then summed: ``log P`` bilinearly from the
+evidence grid (as plain upsampling, method (a); JBU of the evidence blurs thin classes: on clean
+evidence it loses several mIoU to bilinear), ``D̂`` with the head's JBU (its maps follow the
+attention grid). With λ = 0 the label map is exactly ``refine(mode="none")``'s.
+
+λ is set per image from the image's own evidence (:func:`fusion_weight` of
+:func:`evidence_margin`): clean evidence keeps its own posterior (λ = 0: exactly plain
+upsampling), noisy evidence hands the decision to the attention.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ._checks import as_float
+
+_TINY = 1e-30
+
+# The per-image λ rule of each discrepancy: a step function of the evidence's median top-two
+# log-odds (evidence_margin), ``(thresholds, levels)``: λ = levels[0] = 0 at or above the upper
+# threshold (clean evidence decides alone: plain upsampling), levels[1] between, levels[2] below
+# the lower one. Chosen on the even-index half of all 233 CamVid and 164 COCO-Object images, four
+# evidence strengths (benchmarks/select_readout.py: the rule with the best worst-cell margin over
+# max(bilinear, JBU, paper M.V. − 0.5); docs/benchmarks.md §1b).
+FUSION_RULE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mv": ((2.31, 3.93), (0.0, 4.0, 16.0)),
+    "op": ((2.31, 3.68), (0.0, 2.0, 12.0)),
+}
+FUSION_RULE["kl"] = FUSION_RULE["mv"]
+
+
+def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
+    """Share of the image's patches whose evidence is ambiguous: ``1 − mean_i max_c P[c, i]`` with
+    ``P = softmax_c(scale · L)``, in ``[0, 1 − 1/K]`` (0: every patch certain of one class).
+
+    Args: ``flat_logits (K, N)``. Returns a Python float."""
+    L = as_float(flat_logits, "logits")
+    P = torch.softmax(scale * L.reshape(L.shape[0], -1), dim=0)
+    return float(1.0 - P.amax(dim=0).mean())
+
+
+def evidence_margin(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
+    """How clean the image's evidence is: the median over patches of the log-odds of its top class
+    over the runner-up, ``median_i scale·(L_(1),i − L_(2),i)`` (``+inf`` for one class).
+
+    Unlike :func:`evidence_ambiguity` it does not grow with the number of absent classes (81 in
+    COCO-Object, whose many low scores add posterior mass to every patch): on the real images of
+    the benchmark it separates clean from noisy evidence on both data sets with one threshold.
+
+    Args: ``flat_logits (K, N)``. Returns a Python float."""
+    L = as_float(flat_logits, "logits")
+    L = L.reshape(L.shape[0], -1)
+    if L.shape[0] < 2:
+        return float("inf")
+    top2 = L.topk(2, dim=0).values
+    return float((scale * (top2[0] - top2[1])).median())
+
+
+def fusion_weight(margin: float, thresholds: Sequence[float], levels: Sequence[float]) -> float:
+    """λ for an image whose :func:`evidence_margin` is ``margin``: ``levels[j]`` with ``j`` the
+    number of ``thresholds`` (ascending) above ``margin``. Clean evidence (a large margin) gets
+    ``levels[0]``, the noisiest ``levels[-1]``."""
+    check_fusion_rule(thresholds, levels)
+    return float(levels[sum(1 for t in thresholds if margin < t)])
+
+
+def check_fusion_rule(thresholds: Sequence[float], levels: Sequence[float]) -> None:
+    """A ValueError unless ``thresholds`` ascend and ``levels`` are one more non-negative numbers."""
+    t, lv = list(thresholds), list(levels)
+    if len(lv) != len(t) + 1:
+        raise ValueError(f"fusion levels need one more entry than thresholds: {len(t)} thresholds, {len(lv)} levels")
+    if any(b <= a for a, b in zip(t, t[1:])):
+        raise ValueError(f"fusion thresholds must ascend, got {t}")
+    if any(not x >= 0 for x in lv):
+        raise ValueError(f"fusion levels must be >= 0, got {lv}")
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """``D̂``: each class's ``(K', N)`` map divided by its maximum over patches (zero maps stay 0)."""
+    D = as_float(maps, "maps")
+    return D / D.amax(dim=1, keepdim=True).clamp_min(_TINY)
+
+
+def fuse(log_post: torch.Tensor, maps: torch.Tensor, rows: torch.Tensor, weight: float) -> torch.Tensor:
+    """The fused score ``log P_c + weight · D̂_c``.
+
+    Args:
+        log_post: ``(K'', ...)`` evidence log-posterior of the candidate classes (any trailing
+            shape, e.g. upsampled ``(K'', H, W)``).
+        maps: ``(K', ...)`` normalised head maps (same trailing shape) of the classes at rows
+            ``rows (K',)`` of ``log_post``; the other candidates get ``D̂ = 0``.
+        weight: λ ≥ 0.
+    Returns: ``(K'', ...)``.
+    """
+    if weight < 0:
+        raise ValueError(f"fusion weight must be >= 0, got {weight}")
+    if maps.shape[0] != rows.numel() or maps.shape[1:] != log_post.shape[1:]:
+        raise ValueError(f"maps {tuple(maps.shape)} must be ({rows.numel()}, {', '.join(map(str, log_post.shape[1:]))})")
+    out = log_post.clone()
+    if rows.numel() and weight:
+        out[rows] += weight * maps.to(out.dtype)
+    return out
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over dim 0 of ``(K, ...)`` scores (the first class on ties, like
+    ``Tensor.argmax``), by a running maximum over classes: on CPU ``argmax(0)`` of a
+    ``(21, 448, 448)`` tensor reduces across a strided dimension and took 73 ms here, this 30 ms."""
+    best = scores[0]
+    idx = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        best = torch.where(better, scores[k], best)
+        idx.masked_fill_(better, k)
+    return idx
+
+
+def candidate_classes(flat_logits: torch.Tensor, kept: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+    """Classes the fused readout scores: the head's ``kept`` classes plus every class that is the
+    evidence's arg-max at one patch or more (a class that never tops a patch cannot win a pixel of
+    ``log P`` alone). With ``limit``, the extra classes are cut to the ``limit`` with the largest
+    arg-max area (``kept`` always stays). Returns sorted ``(K'',)`` int64 indices."""
+    K = flat_logits.shape[0]
+    top = flat_logits.argmax(dim=0)
+    area = torch.bincount(top, minlength=K)
+    extra = area > 0
+    extra[kept] = False
+    idx = torch.nonzero(extra).flatten()
+    if limit is not None and idx.numel() > limit:
+        idx = idx[torch.topk(area[idx], limit).indices]
+    return torch.cat([kept.to(idx), idx]).unique(sorted=True)

@@ -1,0 +1,232 @@
+"""The fused readout (log P_c + λ·D̂_c), its per-image λ rule and the recovery seeds: parity with
+naive loops written here, and the edge cases (one class, every class dropped, λ bounds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dslo.head import (
+    HeadConfig,
+    candidate_classes,
+    class_argmax,
+    discrepancy,
+    evidence_ambiguity,
+    evidence_margin,
+    fuse,
+    fusion_weight,
+    nms,
+    normalize_maps,
+    recover_seeds,
+    refine,
+    seed_classes,
+    upsample_maps,
+)
+from dslo.head.readout import FUSION_RULE
+
+
+def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
+    A = torch.rand(n, n, generator=torch.Generator().manual_seed(seed)) + 0.01
+    return A / A.sum(1, keepdim=True)
+
+
+def logits(k: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return 0.15 + 0.15 * torch.rand(k, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- parity with naive loops
+def test_fuse_equals_naive_loop():
+    g = torch.Generator().manual_seed(1)
+    K2, N = 5, 7
+    log_post = torch.randn(K2, N, generator=g, dtype=torch.float64)
+    rows = torch.tensor([0, 2, 3])
+    maps = torch.rand(3, N, generator=g, dtype=torch.float64)
+    out = fuse(log_post, maps, rows, 2.5)
+    for c in range(K2):
+        for i in range(N):
+            d = float(maps[rows.tolist().index(c), i]) if c in rows.tolist() else 0.0
+            assert out[c, i].item() == pytest.approx(log_post[c, i].item() + 2.5 * d, abs=1e-12)
+
+
+def test_normalize_maps_and_ambiguity_equal_naive_formulas():
+    D = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0], [1.0, 0.5, 0.25]], dtype=torch.float64)
+    assert normalize_maps(D).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0], [1.0, 0.5, 0.25]]
+    L = logits(4, 3, 5, seed=2).reshape(4, -1)
+    naive = 0.0
+    for i in range(L.shape[1]):
+        p = [math.exp(40 * float(L[c, i])) for c in range(4)]
+        naive += max(p) / sum(p)
+    assert evidence_ambiguity(L, 40.0) == pytest.approx(1 - naive / L.shape[1], abs=1e-6)
+
+
+def test_refine_fused_equals_the_pipeline_written_out():
+    L, A = logits(4, 5, 6, seed=3), row_stochastic(30, seed=3)
+    img = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    cfg = HeadConfig()
+    r = refine(L, A, img, mode="mv", config=cfg)
+    flat = L.reshape(4, -1)
+    a, kept = seed_classes(flat, cfg)
+    D = discrepancy(a, A, "mv", cfg)
+    lam = fusion_weight(evidence_margin(flat), *FUSION_RULE["mv"])
+    assert lam > 0  # this evidence is noisy: the fused branch runs
+    cand = candidate_classes(flat, kept, cfg.fusion_extra)
+    up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
+    up_d = upsample_maps(normalize_maps(D).reshape(-1, 5, 6), torch.from_numpy(img).float() / 255, cfg)
+    want = up_p[cand].clone()
+    for j, c in enumerate(kept.tolist()):
+        want[cand.tolist().index(c)] += lam * up_d[j]
+    assert r.weight == pytest.approx(lam)
+    assert r.kept.tolist() == cand.tolist()
+    assert torch.allclose(r.scores, want, atol=1e-5)
+    assert torch.equal(r.labels, cand[want.argmax(0)])
+
+
+def test_zero_weight_is_plain_upsampling_and_none_is_the_paper_readout():
+    L, A = logits(5, 6, 6, seed=4), row_stochastic(36, seed=4)
+    img = np.zeros((18, 18, 3), np.uint8)
+    plain = refine(L, A, img, mode="none").labels
+    assert torch.equal(refine(L, A, img, mode="mv", fusion_weight=0.0, fusion_extra=None).labels, plain)
+    # fusion="none": argmax over the kept classes of the upsampled discrepancy, as in the paper
+    cfg = HeadConfig().replace(fusion="none")
+    r = refine(L, A, img, mode="op", config=cfg)
+    a, kept = seed_classes(L.reshape(5, -1), cfg)
+    D = discrepancy(a, A, "op", cfg).reshape(-1, 6, 6)
+    assert torch.equal(r.kept, kept) and r.weight is None
+    assert torch.allclose(r.scores, upsample_maps(D, torch.zeros(18, 18, 3), cfg))
+
+
+# ---------------------------------------------------------------- λ rule
+def test_fusion_weight_is_a_step_function_of_the_margin():
+    rule = ((1.0, 3.0), (0.0, 2.0, 8.0))
+    assert fusion_weight(5.0, *rule) == 0.0  # clean: the evidence alone
+    assert fusion_weight(3.0, *rule) == 0.0  # at a threshold: the cleaner side
+    assert fusion_weight(2.0, *rule) == 2.0
+    assert fusion_weight(0.5, *rule) == 8.0
+    assert fusion_weight(float("inf"), *rule) == 0.0
+    with pytest.raises(ValueError, match="one more"):
+        fusion_weight(1.0, (1.0,), (0.0,))
+    with pytest.raises(ValueError, match="ascend"):
+        fusion_weight(1.0, (3.0, 1.0), (0.0, 1.0, 2.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        fusion_weight(1.0, (1.0,), (0.0, -1.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        fuse(torch.zeros(2, 3), torch.zeros(1, 3), torch.tensor([0]), -1.0)
+
+
+def test_margin_equals_naive_median_of_top_two_log_odds():
+    L = logits(5, 3, 7, seed=6).reshape(5, -1)
+    odds = []
+    for i in range(L.shape[1]):
+        col = sorted((float(L[c, i]) for c in range(5)), reverse=True)
+        odds.append(40 * (col[0] - col[1]))
+    # torch's median of an even count is the lower middle value
+    assert evidence_margin(L, 40.0) == pytest.approx(sorted(odds)[(len(odds) - 1) // 2], abs=1e-5)
+    assert evidence_margin(torch.rand(1, 9)) == float("inf")
+
+
+def test_ambiguity_spans_certain_to_uniform_evidence():
+    K = 6
+    certain = torch.zeros(K, 10)
+    certain[2] = 1.0  # 40 nats ahead: every patch certain
+    assert evidence_ambiguity(certain) == pytest.approx(0.0, abs=1e-6)
+    assert evidence_ambiguity(torch.full((K, 10), 0.2)) == pytest.approx(1 - 1 / K, abs=1e-6)
+
+
+def test_clean_evidence_gets_plain_upsampling_and_noisy_evidence_the_head():
+    K, img = 4, np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    A = row_stochastic(36, seed=5)
+    clean = torch.zeros(K, 6, 6)
+    clean[0, :, :3], clean[1, :, 3:] = 0.3, 0.3  # 12 nats ahead everywhere
+    r = refine(clean, A, img)
+    assert r.weight == 0.0
+    assert torch.equal(r.labels, refine(clean, A, img, mode="none").labels)
+    assert set(r.kept.tolist()) == {0, 1}  # scores kept only for the classes that win a pixel
+    noisy = logits(K, 6, 6, seed=7)
+    assert evidence_margin(noisy.reshape(K, -1)) < FUSION_RULE["mv"][0][0]
+    assert refine(noisy, A, img).weight == FUSION_RULE["mv"][1][-1]
+    # the rule's settings: a custom rule, and a fixed λ over the rule
+    assert refine(noisy, A, img, fusion_thresholds=(0.0, 100.0), fusion_levels=(0.0, 3.0, 9.0)).weight == 3.0
+    assert refine(noisy, A, img, fusion_weight=1.5).weight == 1.5
+
+
+# ---------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("mode", ["mv", "op", "kl"])
+def test_one_class(mode):
+    r = refine(torch.rand(1, 3, 3), row_stochastic(9), np.zeros((6, 7, 3), np.uint8), mode=mode)
+    assert (r.labels == 0).all() and r.kept.tolist() == [0] and r.weight == pytest.approx(0.0)
+
+
+def test_every_class_dropped_by_nms_still_segments():
+    # θ = 0.9 and near-uniform evidence: NMS keeps nothing, the head falls back to arg-max seeds
+    L = torch.full((3, 4, 4), 0.2)
+    L[1, :2] += 0.001
+    L[2, 2:] += 0.002
+    for rec in (None, 0.3):
+        r = refine(L, row_stochastic(16), np.zeros((8, 8, 3), np.uint8), nms_threshold=0.9, recover_threshold=rec)
+        assert torch.isfinite(r.scores).all() and set(r.labels.unique().tolist()) <= {1, 2}
+
+
+def test_recover_seeds_seed_dropped_classes_at_their_argmax_patches_only():
+    # class 2 is the arg-max at patch 3 with P ≈ 0.45 < θ: NMS drops it, recovery seeds it there
+    L = torch.tensor([[0.30, 0.10, 0.10, 0.200],
+                      [0.10, 0.30, 0.12, 0.200],
+                      [0.10, 0.10, 0.10, 0.205]])
+    _, keep = nms(L, 40.0, 0.5)
+    assert not keep[2].any() and not keep[:, 3].any()
+    rec = recover_seeds(L, keep, 40.0, 0.3)
+    assert rec[2].tolist() == [False, False, False, True]
+    assert torch.equal(rec[:2], keep[:2])
+    assert (rec.sum(0) <= 1).all()  # still at most one seed per patch
+    assert not recover_seeds(L, keep, 40.0, 0.6)[2].any()  # below the recovery threshold
+    a, kept = seed_classes(L, HeadConfig(recover_threshold=0.3))
+    assert kept.tolist() == [0, 1, 2] and a[2].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_candidates_add_argmax_classes_up_to_the_limit():
+    L = torch.zeros(5, 6)
+    L[0, :3] = 1  # kept
+    L[3, 3:5] = 1  # arg-max at 2 patches
+    L[4, 5] = 1  # arg-max at 1 patch
+    kept = torch.tensor([0])
+    assert candidate_classes(L, kept).tolist() == [0, 3, 4]
+    assert candidate_classes(L, kept, limit=1).tolist() == [0, 3]
+    assert candidate_classes(L, kept, limit=0).tolist() == [0]
+
+
+def test_fused_readout_recovers_a_thin_class_the_paper_readout_drops():
+    # A one-patch-wide column of class 1 whose evidence is the arg-max but never above θ = 0.5 of the
+    # class softmax: the paper's readout cannot predict it; the fused readout with recovery seeds
+    # keeps it (without them its D̂ = 0 against the others' D̂ > 0 there).
+    h, w = 6, 10
+    L = torch.full((3, h, w), 0.15)
+    L[0, :, :4] = 0.30
+    L[2, :, 6:] = 0.30
+    L[:, :, 4:6] = torch.tensor([0.215, 0.23, 0.215])[:, None, None]  # class 1 ahead by 0.6 nats: P = 0.48
+    img = np.zeros((h * 4, w * 4, 3), np.uint8)
+    A = row_stochastic(h * w)
+    paper = refine(L, A, img, fusion="none", recover_threshold=None)
+    assert not (paper.labels == 1).any()
+    fused = refine(L, A, img, recover_threshold=0.25)
+    assert 1 in fused.kept.tolist() and (fused.labels[:, 18:22] == 1).all()
+
+
+def test_class_argmax_equals_torch_argmax_including_ties():
+    g = torch.Generator().manual_seed(5)
+    S = torch.randint(0, 3, (6, 7, 9), generator=g).float()  # many ties: the first index wins
+    assert torch.equal(class_argmax(S), S.argmax(0))
+    S = torch.randn(4, 33, generator=g, dtype=torch.float64)
+    assert torch.equal(class_argmax(S), S.argmax(0))
+    assert torch.equal(class_argmax(S[:1]), torch.zeros(33, dtype=torch.int64))
+
+
+def test_readout_settings_as_the_command_line_gives_them():
+    # --set fusion=none is parsed to None; --set fusion_levels=0,4,16 to a string
+    assert HeadConfig(fusion=None).fusion == "none"
+    cfg = HeadConfig(fusion_thresholds="1.5, 3", fusion_levels="0,4,16")
+    assert cfg.fusion_thresholds == (1.5, 3.0) and cfg.fusion_levels == (0.0, 4.0, 16.0)
+    with pytest.raises(ValueError, match="list of numbers"):
+        HeadConfig(fusion_levels="0,four,16")
