@@ -147,28 +147,35 @@ def refine(
     L = resize_to_grid(L, grid)
 
     flat = L.reshape(K, N)
+    if cfg.fusion != "none":
+        lam = image_fusion_weight(flat, cfg, mode)
+        if lam == 0:  # clean evidence decides alone: the head's maps would not be read, so skip them
+            return read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
     a, kept = seed_classes(flat, cfg)
     D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
     return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode)
 
 
-def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor, kept: torch.Tensor,
-             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> RefineResult:
+def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None, kept: torch.Tensor | None,
+             grid: tuple[int, int], image: torch.Tensor, cfg: HeadConfig, mode: str = "mv",
+             weight: float | None = None) -> RefineResult:
     """The readout stage of :func:`refine`: discrepancy maps → upsampled scores → labels.
 
     Args:
         logits: ``(K, h, w)`` the evidence as given (its own grid; the fused readout upsamples its
             log-posterior from there, as plain upsampling does).
         flat: ``(K, N)`` the evidence on the head's grid ``grid``.
-        maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``.
+        maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``; unused (may be None)
+            when the fused readout's λ is 0.
         image: ``(H, W, 3)`` float guide (:func:`dslo.head.guide_image`).
-        mode: the discrepancy that made ``maps`` (picks the default fusion gain).
+        mode: the discrepancy that made ``maps`` (picks the default λ rule).
+        weight: λ when already computed (:func:`image_fusion_weight`); None: computed here.
     Returns: :class:`RefineResult`.
     """
     if cfg.fusion == "none":
         scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
         return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
-    lam = image_fusion_weight(flat, cfg, mode)
+    lam = image_fusion_weight(flat, cfg, mode) if weight is None else weight
     log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)
     if lam == 0:
         # Clean evidence decides alone: every class competes, as in plain upsampling, whose labels
