@@ -21,6 +21,7 @@ from dslo.head import (
     fusion_weight,
     nms,
     normalize_maps,
+    possible_winners,
     recover_seeds,
     refine,
     seed_classes,
@@ -73,8 +74,8 @@ def test_refine_fused_equals_the_pipeline_written_out():
     D = discrepancy(a, A, "mv", cfg)
     lam = fusion_weight(evidence_margin(flat), *FUSION_RULE["mv"])
     assert lam > 0  # this evidence is noisy: the fused branch runs
-    cand = candidate_classes(flat, kept, cfg.fusion_extra)
     up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
+    cand = candidate_classes(torch.log_softmax(40 * L, 0), kept, cfg.fusion_extra)
     up_d = upsample_maps(normalize_maps(D).reshape(-1, 5, 6), torch.from_numpy(img).float() / 255, cfg)
     want = up_p[cand].clone()
     for j, c in enumerate(kept.tolist()):
@@ -186,15 +187,58 @@ def test_recover_seeds_seed_dropped_classes_at_their_argmax_patches_only():
     assert kept.tolist() == [0, 1, 2] and a[2].tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
-def test_candidates_add_argmax_classes_up_to_the_limit():
-    L = torch.zeros(5, 6)
-    L[0, :3] = 1  # kept
-    L[3, 3:5] = 1  # arg-max at 2 patches
-    L[4, 5] = 1  # arg-max at 1 patch
-    kept = torch.tensor([0])
-    assert candidate_classes(L, kept).tolist() == [0, 3, 4]
-    assert candidate_classes(L, kept, limit=1).tolist() == [0, 3]
-    assert candidate_classes(L, kept, limit=0).tolist() == [0]
+def test_candidates_add_possible_winners_up_to_the_limit():
+    S = torch.zeros(5, 1, 4)
+    S[0, 0, 0] = S[1, 0, 1] = 1  # 0, 1 top one patch each
+    S[3, 0, 2:] = 1  # 3 tops two patches
+    S[4] = -5  # 4 can win nowhere
+    kept = torch.tensor([1])
+    # 10 windows (the replicate-padded 3 x 6 grid); counted by hand: class 0 can win in the windows
+    # over columns (p0, p0), (p0, p1), (p1, p2) (a tie at 0 there), 3 in the four right of p0
+    assert possible_winners(S).tolist() == [6, 4, 4, 8, 0]
+    assert candidate_classes(S, kept).tolist() == [0, 1, 2, 3]
+    assert candidate_classes(S, kept, limit=2).tolist() == [0, 1, 3]
+    assert candidate_classes(S, kept, limit=0).tolist() == [1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_possible_winners_contain_every_winner_of_plain_upsampling(seed):
+    g = torch.Generator().manual_seed(seed)
+    K, h, w = 9, 4, 5
+    S = torch.randn(K, h, w, generator=g) - 0.8 * torch.arange(K).view(K, 1, 1)  # later classes rarely win
+    possible = possible_winners(S) > 0
+    assert not possible.all()  # the test is not vacuous: some classes are excluded
+    for size in [(4, 5), (9, 13), (40, 50), (3, 2)]:
+        won = F.interpolate(S[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0).unique()
+        assert possible[won].all(), (size, won, possible)
+    # and the windows are needed: a class that tops no patch can still win between patches
+    T = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.9, 0.9]]])  # (3, 1, 2)
+    mid = F.interpolate(T[None], size=(1, 8), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert (mid == 2).any() and possible_winners(T)[2] > 0
+
+
+@pytest.mark.parametrize("weight", [1e-6, 0.3, 2.0, 40.0])
+@pytest.mark.parametrize("mode", ["mv", "op"])
+def test_fused_readout_equals_the_argmax_over_every_class(weight, mode):
+    # The candidate set is exact: refine's labels equal argmax over all K classes of
+    # up(log P_c) + λ·JBU(D̂_c), written out here with every class (D̂ = 0 without a head map);
+    # with λ → 0 that is plain upsampling's labels.
+    K, h, w = 7, 5, 6
+    L, A = logits(K, h, w, seed=11), row_stochastic(h * w, seed=11)
+    L[-1] = 0.05  # a class absent everywhere: not a candidate, yet the labels are exact
+    img = np.random.default_rng(2).integers(0, 256, (23, 29, 3), dtype=np.uint8)
+    cfg = HeadConfig(fusion_weight=weight, fusion_extra=None)
+    r = refine(L, A, img, mode=mode, config=cfg)
+    a, kept = seed_classes(L.reshape(K, -1), cfg)
+    D = discrepancy(a, A, mode, cfg)
+    up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(23, 29), mode="bilinear", align_corners=False)[0]
+    up_d = torch.zeros_like(up_p)
+    up_d[kept] = upsample_maps(normalize_maps(D).reshape(-1, h, w), torch.from_numpy(img).float() / 255, cfg)
+    want = (up_p + weight * up_d).argmax(0)
+    assert (r.labels != want).sum() == 0
+    if weight < 1e-3:
+        assert torch.equal(r.labels, refine(L, A, img, mode="none").labels)
+    assert K - 1 not in r.kept.tolist()
 
 
 def test_fused_readout_recovers_a_thin_class_the_paper_readout_drops():

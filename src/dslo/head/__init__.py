@@ -16,6 +16,7 @@ from .readout import (
     fuse,
     fusion_weight,
     normalize_maps,
+    possible_winners,
 )
 from .refine import (
     RefineResult,
@@ -56,6 +57,7 @@ __all__ = [
     "kl_map",
     "maximum_velocity",
     "normalize_maps",
+    "possible_winners",
     "nms",
     "normalize",
     "optimal_path",

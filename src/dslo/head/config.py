@@ -56,7 +56,7 @@ class HeadConfig:
     # one more λ levels, clean to noisy; None: the mode's rule chosen on real images (readout.FUSION_RULE)
     fusion_thresholds: tuple[float, ...] | None = None
     fusion_levels: tuple[float, ...] | None = None
-    fusion_extra: int | None = 10  # at most this many classes beyond the head's, by arg-max area
+    fusion_extra: int | None = 10  # at most this many classes beyond the head's (readout.candidate_classes)
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
     # with probability >= this (None: off, the paper).
     recover_threshold: float | None = 0.25

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ._checks import as_float
 
@@ -127,14 +128,38 @@ def class_argmax(scores: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def candidate_classes(flat_logits: torch.Tensor, kept: torch.Tensor, limit: int | None = None) -> torch.Tensor:
-    """Classes the fused readout scores: the head's ``kept`` classes plus every class that is the
-    evidence's arg-max at one patch or more (a class that never tops a patch cannot win a pixel of
-    ``log P`` alone). With ``limit``, the extra classes are cut to the ``limit`` with the largest
-    arg-max area (``kept`` always stays). Returns sorted ``(K'',)`` int64 indices."""
-    K = flat_logits.shape[0]
-    top = flat_logits.argmax(dim=0)
-    area = torch.bincount(top, minlength=K)
+def possible_winners(scores: torch.Tensor) -> torch.Tensor:
+    """For each class, the number of 2×2 windows of the grid in which it can win the arg-max of the
+    bilinear upsampling of ``scores`` (at any output size; 0: it wins no pixel).
+
+    In a window, every upsampled value of class c is a convex combination of its four corners, so
+    it is at most their maximum, and the class with the best corner minimum scores at least that
+    minimum: c can win there only if ``max_corners(c) ≥ max_d min_corners(d)``. The grid is padded
+    by one replicated patch first: outside the outer patch centres the upsampling clamps to the
+    border patches (``align_corners=False``). A superset of the winners, computed on the grid.
+
+    Args: ``scores (K, h, w)``. Returns ``(K,)`` int64 counts."""
+    S = as_float(scores, "scores")
+    X = F.pad(S[None], (1, 1, 1, 1), mode="replicate")
+    hi = F.max_pool2d(X, 2, stride=1)[0]  # (K, h+1, w+1)
+    lo = -F.max_pool2d(-X, 2, stride=1)[0]
+    # a small slack: interpolation rounds, and a class that ties by rounding must stay a candidate
+    return (hi + 1e-4 >= lo.amax(dim=0, keepdim=True)).flatten(1).sum(1)
+
+
+def candidate_classes(log_post: torch.Tensor, kept: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+    """Classes the fused readout scores: the head's ``kept`` classes plus every class that can win
+    a pixel of plain upsampling of ``log_post`` (:func:`possible_winners`).
+
+    This set is exact: a class without a head map keeps its score ``log P_c``, while the others'
+    scores only grow (``λ·D̂ ≥ 0``), so it can win the fused arg-max only where it already wins
+    ``log P``'s. The fused arg-max over these classes is therefore the one over all K (``refine``
+    at λ → 0 is plain upsampling exactly). With ``limit``, the extra classes are cut to the
+    ``limit`` that can win in the most windows (``kept`` always stays; memory is ``K'' × H × W``).
+
+    Args: ``log_post (K, h, w)`` the evidence's log-posterior on its own grid; ``kept (K',)``.
+    Returns: sorted ``(K'',)`` int64 indices."""
+    area = possible_winners(log_post)
     extra = area > 0
     extra[kept] = False
     idx = torch.nonzero(extra).flatten()

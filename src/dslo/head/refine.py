@@ -186,7 +186,7 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None
         cand = labels.unique(sorted=True)
         scores = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
         return RefineResult(labels, scores, cand, tuple(grid), lam)
-    cand = candidate_classes(flat, kept, cfg.fusion_extra)
+    cand = candidate_classes(log_post, kept, cfg.fusion_extra)
     log_post = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     up = upsample_maps(normalize_maps(maps).reshape(len(kept), *grid), image, cfg)
     scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam)
