@@ -30,7 +30,7 @@ from _bench import (DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_writ
 from refine_real import Item, _item, evidence_for, jbu_baseline, make_probe  # noqa: E402
 
 from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.head.readout import FUSION_RULE, fusion_weight  # noqa: E402
+from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight  # noqa: E402
 from dslo.head import (  # noqa: E402
     HeadConfig,
     candidate_classes,
@@ -46,6 +46,13 @@ from dslo.head import (  # noqa: E402
 # function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
 LAMBDAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 1e6]
 RECOVER = 0.25  # recovery threshold of the "rec" variants
+RECOVERY = {"rec": RECOVER, "norec": None}  # the fused variants: with and without recovery seeds
+
+
+def default_tags() -> tuple[str, ...]:
+    """The fused variant ``refine`` runs with its default settings, per step of the rule."""
+    thr = HeadConfig().recover_threshold
+    return tuple("rec" if on and thr == RECOVER else "norec" for on in FUSION_RECOVER)
 STRENGTHS = ["easy", "medium", "hard", "probe"]
 
 
@@ -85,7 +92,7 @@ def dense(c) -> np.ndarray:
 
 
 def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], cfg: HeadConfig,
-                 have: dict | None = None) -> dict:
+                 have: dict | None = None, tags: tuple[str, ...] = ("rec",)) -> dict:
     """One image's record: evidence statistics and confusions of the baselines, the paper readouts
     and the fused readout at every λ of :data:`LAMBDAS`. With ``have`` (an earlier record of the
     same image and evidence), its baseline and paper-readout confusions are reused, not recomputed
@@ -110,26 +117,30 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
             F.interpolate(L[None], size=it.label.shape, mode="bilinear", align_corners=False)[0].argmax(0).numpy(),
             it.label, K)
         out["conf"]["jbu"] = confusion(jbu_baseline(L, grid, it.image, cfg).numpy(), it.label, K)
-    # the fused readout's candidates, as refine computes them: the head's classes and the classes
-    # that can win plain upsampling (exact: no other class can win a pixel at any λ)
+    if have is not None:  # fused variants not recomputed here are kept from the earlier record
+        out["conf"].update({k: v for k, v in have["conf"].items()
+                            if isinstance(k, tuple) and len(k) == 3 and k[1] not in tags})
     log_post = torch.log_softmax(cfg.nms_scale * L, 0)
-    a, kept = seed_classes(flat, cfg.replace(recover_threshold=RECOVER))
-    cand = candidate_classes(log_post, kept, cfg.fusion_extra)
-    U1 = F.interpolate(log_post[cand][None], size=it.label.shape, mode="bilinear", align_corners=False)[0]
-    rows = torch.searchsorted(cand, kept)
-    for mode in ("mv", "op"):
-        D = discrepancy(a, A, mode, cfg)
-        if (mode, "paper") not in out["conf"]:  # the paper: NMS seeds only, no recovery, no fusion
-            a0, kept0 = seed_classes(flat, cfg.replace(recover_threshold=None))
-            D0 = joint_bilateral_upsample(discrepancy(a0, A, mode, cfg).reshape(-1, *grid), it.image,
-                                          cfg.sigma_spatial, cfg.sigma_range, cfg.jbu_radius)
-            out["conf"][(mode, "paper")] = confusion(kept0[class_argmax(D0)].numpy(), it.label, K)
-        Dup = joint_bilateral_upsample(normalize_maps(D).reshape(-1, *grid), it.image, cfg.sigma_spatial,
-                                       cfg.sigma_range, cfg.jbu_radius)
-        U2 = torch.zeros_like(U1)
-        U2[rows] = Dup
-        for lam in LAMBDAS:
-            out["conf"][(mode, "rec", lam)] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
+    for tag in tags:
+        # the fused readout's candidates, as refine computes them: the head's classes and the
+        # classes that can win plain upsampling (exact: no other class can win a pixel at any λ)
+        a, kept = seed_classes(flat, cfg.replace(recover_threshold=RECOVERY[tag]))
+        cand = candidate_classes(log_post, kept, cfg.fusion_extra)
+        U1 = F.interpolate(log_post[cand][None], size=it.label.shape, mode="bilinear", align_corners=False)[0]
+        rows = torch.searchsorted(cand, kept)
+        for mode in ("mv", "op"):
+            D = discrepancy(a, A, mode, cfg)
+            if (mode, "paper") not in out["conf"]:  # the paper: NMS seeds only, no recovery, no fusion
+                a0, kept0 = seed_classes(flat, cfg.replace(recover_threshold=None))
+                D0 = joint_bilateral_upsample(discrepancy(a0, A, mode, cfg).reshape(-1, *grid), it.image,
+                                              cfg.sigma_spatial, cfg.sigma_range, cfg.jbu_radius)
+                out["conf"][(mode, "paper")] = confusion(kept0[class_argmax(D0)].numpy(), it.label, K)
+            Dup = joint_bilateral_upsample(normalize_maps(D).reshape(-1, *grid), it.image, cfg.sigma_spatial,
+                                           cfg.sigma_range, cfg.jbu_radius)
+            U2 = torch.zeros_like(U1)
+            U2[rows] = Dup
+            for lam in LAMBDAS:
+                out["conf"][(mode, tag, lam)] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
     return out
 
 
@@ -174,23 +185,31 @@ def table(rec: dict, keys: list, half: str | None) -> tuple[list, dict]:
     return cells, {k: [cell_miou(rec, d, s, k, half) for d, s in cells] for k in keys}
 
 
-def rule_key(mode: str, thresholds: tuple, levels: tuple) -> tuple:
-    return (mode, "rule", tuple(float(t) for t in thresholds), tuple(float(v) for v in levels))
+def rule_key(mode: str, thresholds: tuple, levels: tuple, tag="rec") -> tuple:
+    return (mode, "rule", tuple(float(t) for t in thresholds), tuple(float(v) for v in levels), tag)
 
 
-def rule_conf(r: dict, mode: str, thresholds, levels):
+def rule_conf(r: dict, mode: str, thresholds, levels, tag="rec"):
     """One image's confusion under the step rule: λ from its evidence margin; λ = 0 is plain
-    upsampling over every class (what ``refine`` returns then), any other λ a recorded grid value."""
+    upsampling over every class (what ``refine`` returns then), any other λ a recorded grid value
+    of the fused variant ``tag`` (with or without recovery seeds; a tuple: one per step)."""
     lam = fusion_weight(r["stats"]["log_odds"], thresholds, levels)
-    return r["conf"]["bilinear"] if lam == 0 else r["conf"][(mode, "rec", lam)]
+    if not isinstance(tag, str):
+        tag = tag[sum(1 for t in thresholds if r["stats"]["log_odds"] < t)]
+    return r["conf"]["bilinear"] if lam == 0 else r["conf"][(mode, tag, lam)]
 
 
-def add_rule(rec: dict, mode: str, thresholds, levels) -> tuple:
+def add_rule(rec: dict, mode: str, thresholds, levels, tag: str = "rec") -> tuple:
     """Store the rule's per-image confusions in ``rec`` under :func:`rule_key`; returns the key."""
-    key = rule_key(mode, thresholds, levels)
+    key = rule_key(mode, thresholds, levels, tag)
     for r in rec.values():
-        r["conf"][key] = rule_conf(r, mode, thresholds, levels)
+        r["conf"][key] = rule_conf(r, mode, thresholds, levels, tag)
     return key
+
+
+def recorded_tags(rec: dict) -> list[str]:
+    """The fused variants every record has (:data:`RECOVERY` keys)."""
+    return [t for t in RECOVERY if all(("mv", t, LAMBDAS[1]) in r["conf"] for r in rec.values())]
 
 
 def targets(rec: dict, half: str | None) -> dict:
@@ -224,10 +243,11 @@ THIN_GUARD = {("camvid", "easy"): (2, 6)}  # pole, sign symbol
 
 
 def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
-    """On the even half, per mode: the step rule λ(margin) with the best worst-case margin ("never
-    lose"). A rule has two thresholds on the evidence's median top-two log-odds and three grid
+    """On the even half: the step rule λ(margin) of each mode with the best worst-case margin
+    ("never lose"), the two thresholds shared by both modes. A rule has two thresholds on the evidence's median top-two log-odds and three grid
     levels, clean to noisy, the clean one among the first ``clean_levels`` of :data:`LAMBDAS`
-    (0: plain upsampling exactly); levels do not decrease with noise. The worst case is taken
+    (0: plain upsampling exactly); levels do not decrease with noise; each step's fused variant
+    (with or without recovery seeds, :data:`RECOVERY`) is searched too. The worst case is taken
     over every cell's margin above :func:`targets` and, for :data:`THIN_GUARD`, each thin class's
     IoU margin above plain upsampling's. Rules whose worst case is ≥ 0 (rounded to 0.01) rank by
     their mean over the cells; the others by their worst case. Each rule is scored exactly: its
@@ -238,16 +258,22 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
     tgt = targets(rec, "even")
     margins = np.array([r["stats"]["log_odds"] for r in even.values()])
     ths = sorted(set(np.round(np.quantile(margins, np.arange(0.04, 0.97, 0.04)), 2).tolist()))
-    nl = len(LAMBDAS)
-    lv = np.array(LAMBDAS)
-    # levels that never decrease from clean to noisy: (clean_levels, nl, nl) mask
-    ok_rule = (lv[:clean_levels, None, None] <= lv[None, :, None]) & (lv[None, :, None] <= lv[None, None, :])
+    tags = recorded_tags(rec)
+    # a step's options: (fused variant, λ) pairs; the clean step's λ among the first clean_levels
+    opts = [(t, lam) for t in tags for lam in LAMBDAS]
+    clean = [o for o, (t, lam) in enumerate(opts) if LAMBDAS.index(lam) < clean_levels]
+    lv = np.array([lam for _, lam in opts])
+    # λ never decreases from clean to noisy: (clean, opts, opts) mask
+    ok_rule = (lv[clean][:, None, None] <= lv[None, :, None]) & (lv[None, :, None] <= lv[None, None, :])
     out = {}
     for mode in ("mv", "op"):
         per_cell = {}
         for c in cells:
             ks = [k for k in even if (k[0], k[2]) == c]
-            V = np.stack([[_iou_parts(even[k]["conf"][(mode, "rec", lam)]) for lam in LAMBDAS] for k in ks])
+            # λ = 0 is plain upsampling (refine's shortcut; the recorded fused λ = 0 differs from it
+            # where fusion_extra cuts the candidates)
+            V = np.stack([[_iou_parts(even[k]["conf"]["bilinear" if lam == 0 else (mode, t, lam)]) for t, lam in opts]
+                          for k in ks])
             thin = []
             if c in THIN_GUARD:
                 base = sum(_iou_parts(even[k]["conf"]["bilinear"]) for k in ks)
@@ -256,11 +282,11 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
         scored = []
         for i, t1 in enumerate(ths):
             for t2 in ths[i + 1:]:
-                worst = np.full((clean_levels, nl, nl), np.inf)
-                total = np.zeros((clean_levels, nl, nl))
+                worst = np.full(ok_rule.shape, np.inf)
+                total = np.zeros(ok_rule.shape)
                 for c, (V, x, thin) in per_cell.items():
                     g0, g1, g2 = (V[m].sum(0) for m in (x >= t2, (x >= t1) & (x < t2), x < t1))
-                    parts = g0[:clean_levels, None, None] + g1[None, :, None] + g2[None, None, :]
+                    parts = g0[clean][:, None, None] + g1[None, :, None] + g2[None, None, :]
                     m = _miou_parts(parts)
                     total += m
                     worst = np.minimum(worst, m - tgt[c])
@@ -268,14 +294,18 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
                         worst = np.minimum(worst, _class_iou_parts(parts, j) - base)
                 worst = np.where(ok_rule, worst, -np.inf)
                 mean = total / len(per_cell)
-                key = np.minimum(np.round(worst, 2), 0.0) * 1e3 + mean  # feasible first, then mean
-                for flat in np.argsort(key, axis=None)[::-1][:top]:
-                    l0, l1, l2 = np.unravel_index(flat, key.shape)
-                    scored.append((float(key[l0, l1, l2]), float(worst[l0, l1, l2]), float(mean[l0, l1, l2]),
-                                   ((t1, t2), (LAMBDAS[l0], LAMBDAS[l1], LAMBDAS[l2]))))
-        scored.sort(key=lambda z: z[0], reverse=True)
-        out[mode] = [(w, m, rule) for _, w, m, rule in scored[:top]]
-    return out
+                key = np.minimum(worst, 0.0) * 1e3 + mean  # feasible first (worst >= 0), then mean
+                o0, o1, o2 = np.unravel_index(np.argmax(key), key.shape)
+                steps = [opts[clean[o0]], opts[o1], opts[o2]]
+                scored.append((float(worst[o0, o1, o2]), float(mean[o0, o1, o2]),
+                               ((t1, t2), tuple(lam for _, lam in steps), tuple(t for t, _ in steps))))
+        out[mode] = scored
+    # One pair of thresholds for both modes (one reading of how clean an image's evidence is; the
+    # levels and variants stay per mode): the pair whose worse mode's worst case is best, then the
+    # best sum of the two modes' means.
+    joint = sorted(zip(out["mv"], out["op"]), key=lambda p: (min(p[0][0], p[1][0], 0.0), p[0][1] + p[1][1]),
+                   reverse=True)[:top]
+    return {"mv": [p[0] for p in joint], "op": [p[1] for p in joint]}
 
 
 def worst_margin(rec: dict, key, half: str | None) -> float:
@@ -286,6 +316,8 @@ def worst_margin(rec: dict, key, half: str | None) -> float:
     for (ds, s), classes in THIN_GUARD.items():
         rs = [r for (d, i, st), r in rec.items() if d == ds and st == s and
               (half is None or (i % 2 == 0) == (half == "even"))]
+        if not rs:
+            continue
         mine, base = sum(_iou_parts(r["conf"][key]) for r in rs), sum(_iou_parts(r["conf"]["bilinear"]) for r in rs)
         worst = min([worst] + [float(_class_iou_parts(mine, j) - _class_iou_parts(base, j)) for j in classes])
     return worst
@@ -369,9 +401,13 @@ def verify(rec: dict, n: int, seed: int = 0) -> list[str]:
         L = evidence_for(it, s, 0)
         for mode in ("mv", "op"):
             rule_lam = fusion_weight(rec[keys[j]]["stats"]["log_odds"], *FUSION_RULE[mode])
+            step = fusion_step(rec[keys[j]]["stats"]["log_odds"], FUSION_RULE[mode][0])
             for lam in (rule_lam, float(rng.choice([x for x in LAMBDAS[1:-1] if x != rule_lam]))):
-                labels = refine(L, A, it.image, mode=mode, grid=grid, fusion_weight=lam).labels.numpy()
-                want = dense(rec[keys[j]]["conf"]["bilinear" if lam == 0 else (mode, "rec", lam)])
+                # the defaults (the rule, its step's recovery flag), then a fixed λ (recovery on)
+                fixed = {} if lam == rule_lam else {"fusion_weight": lam}
+                labels = refine(L, A, it.image, mode=mode, grid=grid, **fixed).labels.numpy()
+                tag = "rec" if fixed else default_tags()[step]
+                want = dense(rec[keys[j]]["conf"]["bilinear" if lam == 0 else (mode, tag, lam)])
                 got = dense(confusion(labels, it.label, it.num_classes))
                 lines.append(f"{ds} {i} {s} {mode} λ={lam:g}: {int(np.abs(got - want).sum()) // 2} pixels differ")
     return lines
@@ -390,6 +426,8 @@ def main(argv=None) -> int:
     ap.add_argument("--all-variants", action="store_true", help="with --load: print every recorded variant too")
     ap.add_argument("--reuse", type=Path, nargs="+", default=None,
                     help="earlier records whose baseline and paper-readout confusions are reused")
+    ap.add_argument("--tags", nargs="+", default=["rec"], choices=list(RECOVERY),
+                    help="fused variants to record (others are kept from --reuse)")
     ap.add_argument("--verify", type=int, default=0,
                     help="with --load: re-run refine on this many random records and count differing pixels")
     args = ap.parse_args(argv)
@@ -408,7 +446,7 @@ def main(argv=None) -> int:
         rows = {"(a) bilinear": "bilinear", "(b) + JBU": "jbu", "(d0) O.P., paper readout": ("op", "paper"),
                 "(e0) M.V., paper readout": ("mv", "paper")}
         for mode in ("mv", "op"):
-            key = add_rule(rec, mode, *FUSION_RULE[mode])
+            key = add_rule(rec, mode, *FUSION_RULE[mode], default_tags())
             rows[f"({'d' if mode == 'op' else 'e'}) {mode.upper()}, default rule {key[2]} → λ {key[3]}"] = key
         md = results_markdown(rec, rows)
         print(md)
@@ -417,10 +455,10 @@ def main(argv=None) -> int:
         for mode, best in chosen.items():
             print(f"\n{mode}: best step rules on the even half (worst margin over max(a, b, paper M.V. - 0.5) "
                   f"and over bilinear's thin-class IoU, mean; then the odd half's and all images')")
-            for worst, mean, (th, lv) in best:
-                key = add_rule(rec, mode, th, lv)
+            for worst, mean, (th, lv, tag) in best:
+                key = add_rule(rec, mode, th, lv, tag)
                 cells, t = table(rec, [key], "odd")
-                print(f"  thresholds {th}, levels {lv}: even worst {worst:+.2f}, mean {mean:.2f} | "
+                print(f"  {tag}, thresholds {th}, levels {lv}: even worst {worst:+.2f}, mean {mean:.2f} | "
                       f"odd worst {worst_margin(rec, key, 'odd'):+.2f}, mean {np.nanmean(t[key]):.2f} | "
                       f"all worst {worst_margin(rec, key, None):+.2f}")
         return 0
@@ -445,7 +483,8 @@ def main(argv=None) -> int:
     probes = {ds: make_probe(d, cache, pool=idx[ds]) for ds, d in dsets.items()}
     done = 0
     for ds, i, strengths in jobs:
-        strengths = [s for s in strengths if (ds, i, s) not in rec]
+        strengths = [s for s in strengths if (ds, i, s) not in rec or
+                     any(("mv", t, LAMBDAS[1]) not in rec[(ds, i, s)]["conf"] for t in args.tags)]
         if not strengths:
             continue
         if args.wait:
@@ -454,7 +493,7 @@ def main(argv=None) -> int:
         A, grid = cache.get(it.image)
         for s in strengths:
             L = probes[ds].evidence(i) if s == "probe" else evidence_for(it, s, 0)
-            rec[(ds, i, s)] = record_image(it, L, A, grid, cfg, old.get((ds, i, s)))
+            rec[(ds, i, s)] = record_image(it, L, A, grid, cfg, old.get((ds, i, s)), tuple(args.tags))
         print(f"{ds} {i} {strengths} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         done += 1
         if done % 10 == 0:

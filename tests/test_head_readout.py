@@ -18,7 +18,9 @@ from dslo.head import (
     evidence_ambiguity,
     evidence_margin,
     fuse,
+    fusion_step,
     fusion_weight,
+    image_config,
     nms,
     normalize_maps,
     possible_winners,
@@ -27,7 +29,8 @@ from dslo.head import (
     seed_classes,
     upsample_maps,
 )
-from dslo.head.readout import FUSION_RULE
+from dslo.errors import SettingsError
+from dslo.head.readout import FUSION_RECOVER, FUSION_RULE
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -70,7 +73,7 @@ def test_refine_fused_equals_the_pipeline_written_out():
     cfg = HeadConfig()
     r = refine(L, A, img, mode="mv", config=cfg)
     flat = L.reshape(4, -1)
-    a, kept = seed_classes(flat, cfg)
+    a, kept = seed_classes(flat, image_config(flat, cfg, "mv"))
     D = discrepancy(a, A, "mv", cfg)
     lam = fusion_weight(evidence_margin(flat), *FUSION_RULE["mv"])
     assert lam > 0  # this evidence is noisy: the fused branch runs
@@ -274,3 +277,50 @@ def test_readout_settings_as_the_command_line_gives_them():
     assert cfg.fusion_thresholds == (1.5, 3.0) and cfg.fusion_levels == (0.0, 4.0, 16.0)
     with pytest.raises(ValueError, match="list of numbers"):
         HeadConfig(fusion_levels="0,four,16")
+
+
+def test_the_rule_step_switches_recovery_seeds_as_fusion_recover_says():
+    thresholds, levels = FUSION_RULE["mv"]
+    assert len(FUSION_RECOVER) == len(levels)
+    assert [fusion_step(m, (1.0, 2.0)) for m in (2.5, 2.0, 1.5, 0.5)] == [0, 0, 1, 2]
+    cfg = HeadConfig(recover_threshold=0.25, fusion_recover=(True, False, True))
+    flat = torch.zeros(3, 4)
+    for gap, step in ((1.9 / 40, 1), (0.5 / 40, 2)):  # margins 1.9 (middle step of (1, 2)) and 0.5
+        flat[0] = gap
+        c = image_config(flat, cfg.replace(fusion_thresholds=(1.0, 2.0)), "mv")
+        assert c.recover_threshold == (None if step == 1 else 0.25)
+        assert fusion_step(evidence_margin(flat), (1.0, 2.0)) == step
+    # the paper's readout and a fixed λ keep the settings as given
+    flat[0] = 1.9 / 40
+    for other in (dict(fusion="none"), dict(fusion_weight=3.0)):
+        c = cfg.replace(fusion_thresholds=(1.0, 2.0), **other)
+        assert image_config(flat, c, "mv") is c
+
+
+def test_refine_seeds_without_recovery_in_the_middle_step():
+    # The thin column of class 1 below (P = 0.48 < θ): only the recovery seeds give it a map. In a
+    # step whose flag is off, refine's labels are those of recover_threshold=None.
+    h, w = 6, 10
+    L = torch.full((3, h, w), 0.15)
+    L[0, :, :4] = 0.30
+    L[2, :, 6:] = 0.30
+    L[:, :, 4:6] = torch.tensor([0.215, 0.23, 0.215])[:, None, None]
+    img, A = np.zeros((h * 4, w * 4, 3), np.uint8), row_stochastic(h * w)
+    m = evidence_margin(L.reshape(3, -1))
+    rule = dict(fusion_thresholds=(m / 2, m * 2), fusion_levels=(0.0, 40.0, 80.0))  # m: the middle step
+    off = refine(L, A, img, fusion_recover=(True, False, True), **rule)
+    on = refine(L, A, img, fusion_recover=(True, True, True), **rule)
+    assert off.weight == on.weight == 40.0
+    assert torch.equal(off.labels, refine(L, A, img, recover_threshold=None, **rule).labels)
+    assert (on.labels[:, 18:22] == 1).all() and not torch.equal(on.labels, off.labels)
+
+
+def test_fusion_recover_as_the_command_line_gives_it_and_its_errors():
+    assert HeadConfig(fusion_recover="1,0,1").fusion_recover == (True, False, True)
+    assert HeadConfig(fusion_recover="true, false, true").fusion_recover == (True, False, True)
+    with pytest.raises(SettingsError, match="one flag per fusion level"):
+        HeadConfig(fusion_recover=(True, False))
+    with pytest.raises(SettingsError, match="true/false"):
+        HeadConfig(fusion_recover="1,maybe,0")
+    with pytest.raises(SettingsError, match="True/False"):
+        HeadConfig(fusion_recover=(1, 0, 1))

@@ -70,7 +70,13 @@ def test_background_none_stuff_threshold(seg):
     assert stuff.class_names == ["background", "red", "green"]
     assert "sky" in stuff.classes[0] and "background" not in stuff.classes[0]
     assert stuff.background["policy"] == "stuff"
-    assert (stuff.labels == np.where(truth == 2, 0, truth + 1)).mean() > 0.95
+    right = stuff.labels == np.where(truth == 2, 0, truth + 1)
+    # This clean evidence is read out as plain upsampling (the fused readout's λ = 0), whose edges
+    # follow CLIP's 16 px grid: every pixel one patch away from the two region borders is right.
+    away = np.ones(truth.shape[1], bool)
+    for border in (truth.shape[1] / 3, 2 * truth.shape[1] / 3):
+        away &= np.abs(np.arange(truth.shape[1]) - border) >= 16
+    assert right[:, away].all() and right.mean() > 0.9
 
     # threshold: blue patches are equally (un)like red and green → probability ~0.5 → background
     # (no noise here: at scale 40 a little colour noise already tips the balance)

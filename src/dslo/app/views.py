@@ -63,13 +63,15 @@ def seeds(result, config) -> tuple[Image.Image, float]:
     config: the ``dslo.head.HeadConfig`` that produced ``result``. Returns the picture and the
     fraction of patches seeded.
     """
-    from dslo.head import seed_classes
+    from dslo.head import image_config, seed_classes
 
     grid = tuple(result.grid)
     L = result.logits.float()
     if tuple(L.shape[1:]) != grid:  # refine() resizes the evidence to the attention grid the same way
         L = F.interpolate(L[None], size=grid, mode="bilinear", align_corners=False)[0]
-    a, kept = seed_classes(L.reshape(L.shape[0], -1), config)
+    flat = L.reshape(L.shape[0], -1)
+    # the seeds refine() used: the per-image rule may switch the recovery seeds off
+    a, kept = seed_classes(flat, image_config(flat, config, str(result.model.get("mode", "mv"))))
     seeded = (a > 0).any(0)
     ids = (kept[a.argmax(0)] + _score_shift(result)).where(seeded, torch.zeros_like(kept[:1]))
     small = _model_image(result)

@@ -56,6 +56,9 @@ class HeadConfig:
     # one more λ levels, clean to noisy; None: the mode's rule chosen on real images (readout.FUSION_RULE)
     fusion_thresholds: tuple[float, ...] | None = None
     fusion_levels: tuple[float, ...] | None = None
+    # per step of the rule, whether the recovery seeds (recover_threshold) are used there; None:
+    # readout.FUSION_RECOVER, chosen with the rule (off in the middle step)
+    fusion_recover: tuple[bool, ...] | None = None
     fusion_extra: int | None = 10  # at most this many classes beyond the head's (readout.candidate_classes)
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
     # with probability >= this (None: off, the paper).
@@ -80,6 +83,7 @@ class HeadConfig:
         _integer("jbu_max_side", self.jbu_max_side, 0, none_ok=True)  # 0 or None: no limit
         _non_negative("fusion_weight", self.fusion_weight, none_ok=True)
         self._check_fusion_rule()
+        self._check_fusion_recover()
         _integer("fusion_extra", self.fusion_extra, 0, none_ok=True)
         if self.recover_threshold is not None:
             _number("recover_threshold", self.recover_threshold, low=0.0, high=1.0,
@@ -115,6 +119,26 @@ class HeadConfig:
             check_fusion_rule(thresholds, levels)
         except ValueError as e:
             raise SettingsError(str(e)) from None
+
+    def _check_fusion_recover(self) -> None:
+        from .readout import FUSION_RULE
+
+        v = self.fusion_recover
+        if v is None:
+            return
+        if isinstance(v, str):  # "1,0,1" or "true,false,true" from the command line
+            words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+            parts = [x.lower() for x in v.replace(" ", "").split(",") if x]
+            if any(x not in words for x in parts):
+                raise SettingsError(f"fusion_recover must be a list of true/false (or 1/0), got {v!r}")
+            v = [words[x] for x in parts]
+        if isinstance(v, bool) or not all(isinstance(x, bool) for x in v):
+            raise SettingsError(f"fusion_recover must be a list of True/False, one per fusion level, got {v!r}")
+        v = tuple(v)
+        levels = self.fusion_levels if self.fusion_levels is not None else FUSION_RULE["mv"][1]
+        if len(v) != len(levels):
+            raise SettingsError(f"fusion_recover needs one flag per fusion level: {len(levels)} levels, {len(v)} flags")
+        object.__setattr__(self, "fusion_recover", v)
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:

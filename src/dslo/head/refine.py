@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from ._checks import as_float, check_finite, check_square
 from .config import HeadConfig
 from .modes import MODES, discrepancy, get_mode, transport_matrix
-from .readout import FUSION_RULE, candidate_classes, class_argmax, evidence_margin, fuse, fusion_weight, normalize_maps
+from .readout import (FUSION_RECOVER, FUSION_RULE, candidate_classes, class_argmax, evidence_margin, fuse, fusion_step,
+                      fusion_weight, normalize_maps)
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 
-__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_fusion_weight", "infer_grid", "read_out",
+__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_config", "image_fusion_weight", "infer_grid", "read_out",
            "refine", "resize_to_grid", "seed_classes", "transport_matrix", "upsample_maps"]
 
 @dataclass
@@ -151,7 +152,7 @@ def refine(
         lam = image_fusion_weight(flat, cfg, mode)
         if lam == 0:  # clean evidence decides alone: the head's maps would not be read, so skip them
             return read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
-    a, kept = seed_classes(flat, cfg)
+    a, kept = seed_classes(flat, image_config(flat, cfg, mode))
     D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
     return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode)
 
@@ -189,7 +190,7 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None
     cand = candidate_classes(log_post, kept, cfg.fusion_extra)
     log_post = F.interpolate(log_post[cand][None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     up = upsample_maps(normalize_maps(maps).reshape(len(kept), *grid), image, cfg)
-    scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam)
+    scores = fuse(log_post, up, torch.searchsorted(cand, kept), lam, inplace=True)  # log_post: ours
     return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
 
 
@@ -200,7 +201,25 @@ def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -
     (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`)."""
     if cfg.fusion_weight is not None:
         return float(cfg.fusion_weight)
+    thresholds, levels = _rule(cfg, mode)
+    return fusion_weight(evidence_margin(flat, cfg.nms_scale), thresholds, levels)
+
+
+def image_config(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> HeadConfig:
+    """The settings the head seeds one image's ``(K, N)`` evidence with: ``cfg``, with the
+    recovery seeds switched off when the per-image rule puts the image in a step whose
+    :data:`~dslo.head.readout.FUSION_RECOVER` flag (or ``cfg.fusion_recover``) is off. With
+    ``fusion="none"`` or a fixed ``fusion_weight``, ``cfg`` unchanged."""
+    if cfg.fusion == "none" or cfg.fusion_weight is not None or cfg.recover_threshold is None:
+        return cfg
+    thresholds, _ = _rule(cfg, mode)
+    flags = cfg.fusion_recover if cfg.fusion_recover is not None else FUSION_RECOVER
+    step = fusion_step(evidence_margin(flat, cfg.nms_scale), thresholds)
+    return cfg if flags[min(step, len(flags) - 1)] else cfg.replace(recover_threshold=None)
+
+
+def _rule(cfg: HeadConfig, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     thresholds, levels = FUSION_RULE.get(mode, FUSION_RULE["mv"])
     thresholds = cfg.fusion_thresholds if cfg.fusion_thresholds is not None else thresholds
     levels = cfg.fusion_levels if cfg.fusion_levels is not None else levels
-    return fusion_weight(evidence_margin(flat, cfg.nms_scale), thresholds, levels)
+    return tuple(thresholds), tuple(levels)
