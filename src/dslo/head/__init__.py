@@ -22,6 +22,7 @@ from .readout import (
 from .refine import (
     RefineResult,
     image_config,
+    image_fusion,
     image_fusion_weight,
     infer_grid,
     read_out,
@@ -54,6 +55,7 @@ __all__ = [
     "get_mode",
     "guide_image",
     "image_config",
+    "image_fusion",
     "image_fusion_weight",
     "infer_grid",
     "ipf",

@@ -17,7 +17,7 @@ from .readout import (FUSION_RECOVER, FUSION_RULE, candidate_classes, class_argm
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 
-__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_config", "image_fusion_weight", "infer_grid", "read_out",
+__all__ = ["HeadConfig", "MODES", "RefineResult", "discrepancy", "image_config", "image_fusion", "image_fusion_weight", "infer_grid", "read_out",
            "refine", "resize_to_grid", "seed_classes", "transport_matrix", "upsample_maps"]
 
 @dataclass
@@ -148,13 +148,12 @@ def refine(
     L = resize_to_grid(L, grid)
 
     flat = L.reshape(K, N)
-    if cfg.fusion != "none":
-        lam = image_fusion_weight(flat, cfg, mode)
-        if lam == 0:  # clean evidence decides alone: the head's maps would not be read, so skip them
-            return read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
-    a, kept = seed_classes(flat, image_config(flat, cfg, mode))
+    lam, seed_cfg = image_fusion(flat, cfg, mode)
+    if lam == 0:  # clean evidence decides alone: the head's maps would not be read, so skip them
+        return read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
+    a, kept = seed_classes(flat, seed_cfg)
     D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
-    return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode)
+    return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode, weight=lam)
 
 
 def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None, kept: torch.Tensor | None,
@@ -194,28 +193,43 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None
     return RefineResult(cand[class_argmax(scores)], scores, cand, tuple(grid), lam)
 
 
+def image_fusion(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> tuple[float | None, HeadConfig]:
+    """How the head treats one image's ``(K, N)`` evidence: the fused readout's λ and the settings
+    it seeds with, both from the same step of the per-image rule.
+
+    λ: ``cfg.fusion_weight`` when set, otherwise the rule :func:`dslo.head.readout.fusion_weight`
+    of the evidence's :func:`~dslo.head.readout.evidence_margin`, with ``cfg.fusion_thresholds`` /
+    ``fusion_levels`` (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`);
+    None with ``fusion="none"``. Settings: ``cfg``, with the recovery seeds switched off when the
+    image's step has its :data:`~dslo.head.readout.FUSION_RECOVER` flag (or ``cfg.fusion_recover``)
+    off; ``cfg`` unchanged with ``fusion="none"`` or a fixed ``fusion_weight``."""
+    if cfg.fusion == "none":
+        return None, cfg
+    lam, step = _weight_and_step(flat, cfg, mode)
+    if step is None or cfg.recover_threshold is None:
+        return lam, cfg
+    flags = cfg.fusion_recover if cfg.fusion_recover is not None else FUSION_RECOVER
+    return lam, (cfg if flags[min(step, len(flags) - 1)] else cfg.replace(recover_threshold=None))
+
+
 def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float:
-    """λ of the fused readout for one image's ``(K, N)`` evidence: ``cfg.fusion_weight`` when set,
-    otherwise the per-image rule :func:`dslo.head.readout.fusion_weight` of the evidence's
-    :func:`~dslo.head.readout.evidence_margin`, with ``cfg.fusion_thresholds`` / ``fusion_levels``
-    (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`)."""
-    if cfg.fusion_weight is not None:
-        return float(cfg.fusion_weight)
-    thresholds, levels = _rule(cfg, mode)
-    return fusion_weight(evidence_margin(flat, cfg.nms_scale), thresholds, levels)
+    """λ of the fused readout for one image's ``(K, N)`` evidence (:func:`image_fusion`; computed
+    by the rule even with ``fusion="none"``, which does not read it)."""
+    return _weight_and_step(flat, cfg, mode)[0]
 
 
 def image_config(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> HeadConfig:
-    """The settings the head seeds one image's ``(K, N)`` evidence with: ``cfg``, with the
-    recovery seeds switched off when the per-image rule puts the image in a step whose
-    :data:`~dslo.head.readout.FUSION_RECOVER` flag (or ``cfg.fusion_recover``) is off. With
-    ``fusion="none"`` or a fixed ``fusion_weight``, ``cfg`` unchanged."""
-    if cfg.fusion == "none" or cfg.fusion_weight is not None or cfg.recover_threshold is None:
-        return cfg
-    thresholds, _ = _rule(cfg, mode)
-    flags = cfg.fusion_recover if cfg.fusion_recover is not None else FUSION_RECOVER
-    step = fusion_step(evidence_margin(flat, cfg.nms_scale), thresholds)
-    return cfg if flags[min(step, len(flags) - 1)] else cfg.replace(recover_threshold=None)
+    """The settings the head seeds one image's ``(K, N)`` evidence with (:func:`image_fusion`)."""
+    return image_fusion(flat, cfg, mode)[1]
+
+
+def _weight_and_step(flat: torch.Tensor, cfg: HeadConfig, mode: str) -> tuple[float, int | None]:
+    """λ and the rule's step (None for a fixed ``fusion_weight``), from one evidence margin."""
+    if cfg.fusion_weight is not None:
+        return float(cfg.fusion_weight), None
+    thresholds, levels = _rule(cfg, mode)
+    margin = evidence_margin(flat, cfg.nms_scale)
+    return fusion_weight(margin, thresholds, levels), fusion_step(margin, thresholds)
 
 
 def _rule(cfg: HeadConfig, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
