@@ -68,14 +68,14 @@ def head_stages(logits: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], im
     stage's output so each can be timed alone; the mode's functions come from the head's mode
     table. Returns the stage callables in order."""
     from dslo.head import discrepancy as head_discrepancy
-    from dslo.head import guide_image, read_out, resize_to_grid, seed_classes, transport_matrix
+    from dslo.head import guide_image, image_config, read_out, resize_to_grid, seed_classes, transport_matrix
 
     state: dict[str, Any] = {}
 
     def seeds():
         L = resize_to_grid(logits.float(), grid)
         flat = L.reshape(L.shape[0], -1)
-        a, kept = seed_classes(flat, cfg)
+        a, kept = seed_classes(flat, image_config(flat, cfg, mode))  # refine's seeding for this image
         state.update(a=a, kept=kept, flat=flat)
         return a
 

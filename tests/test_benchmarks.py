@@ -217,6 +217,30 @@ def test_speed_head_stages_reproduce_refine(mode):
     assert torch.equal(D, discrepancy(st["_state"]["a"], A, mode, cfg).reshape(-1, h, w))
 
 
+def test_speed_head_stages_seed_as_the_rule_step_says():
+    """In a step of the λ rule whose recovery flag is off, speed.py's stages seed without recovery,
+    as refine() does: a thin column (P = 0.48 < θ) that only the recovery seeds give a map."""
+    import speed
+    from dslo.head import HeadConfig, evidence_margin, refine
+
+    h, w = 6, 10
+    L = torch.full((3, h, w), 0.15)
+    L[0, :, :4] = 0.30
+    L[2, :, 6:] = 0.30
+    L[:, :, 4:6] = torch.tensor([0.215, 0.23, 0.215])[:, None, None]
+    A = _semantic_affinity(h, w)
+    image = np.zeros((h * 4, w * 4, 3), np.uint8)
+    m = evidence_margin(L.reshape(3, -1))
+    rule = dict(fusion_thresholds=(m / 2, m * 2), fusion_levels=(0.0, 40.0, 80.0))  # m: the middle step
+    for flags in ((True, False, True), (True, True, True)):
+        cfg = HeadConfig(fusion_recover=flags, **rule)
+        st = speed.head_stages(L, A, (h, w), image, "mv", cfg)
+        for name in ("seeds", "ipf", "discrepancy", "jbu"):
+            st[name]()
+        assert torch.equal(st["_state"]["labels"], refine(L, A, image, mode="mv", config=cfg).labels)
+        assert (1 in st["_state"]["kept"].tolist()) == flags[1]  # recovery seeded the column or not
+
+
 def test_mv_steps_reads_the_latest_arrival():
     import speed
 
