@@ -6,8 +6,8 @@ records the image's confusion matrix for a grid of fixed λ values, plus the per
 statistics a λ rule may use. Rules are then scored offline by summing the chosen per-image
 confusions, so a rule's mIoU on a half costs no head run.
 
-    python benchmarks/select_readout.py --images 60 --out /tmp/sel.npz     # record
-    python benchmarks/select_readout.py --load /tmp/sel.npz                # choose + report
+    python benchmarks/select_readout.py --images 60 --out /tmp/sel.pkl     # record
+    python benchmarks/select_readout.py --load /tmp/sel.pkl                # choose + report
 
 Results: docs/benchmarks.md ("Choosing the readout").
 """
@@ -47,13 +47,13 @@ from dslo.head import (  # noqa: E402
 LAMBDAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 1e6]
 RECOVER = 0.25  # recovery threshold of the "rec" variants
 RECOVERY = {"rec": RECOVER, "norec": None}  # the fused variants: with and without recovery seeds
+STRENGTHS = ["easy", "medium", "hard", "probe"]
 
 
 def default_tags() -> tuple[str, ...]:
     """The fused variant ``refine`` runs with its default settings, per step of the rule."""
     thr = HeadConfig().recover_threshold
     return tuple("rec" if on and thr == RECOVER else "norec" for on in FUSION_RECOVER)
-STRENGTHS = ["easy", "medium", "hard", "probe"]
 
 
 def fused_argmax(U1: torch.Tensor, U2: torch.Tensor, lam: float) -> torch.Tensor:
