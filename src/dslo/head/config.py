@@ -57,7 +57,8 @@ class HeadConfig:
     fusion_thresholds: tuple[float, ...] | None = None
     fusion_levels: tuple[float, ...] | None = None
     # per step of the rule, whether the recovery seeds (recover_threshold) are used there; None:
-    # readout.FUSION_RECOVER, chosen with the rule (off in the middle step)
+    # readout.FUSION_RECOVER, chosen with the rule (off in the middle step; a custom rule with more
+    # steps uses its last flag for the extra ones)
     fusion_recover: tuple[bool, ...] | None = None
     fusion_extra: int | None = 10  # at most this many classes beyond the head's (readout.candidate_classes)
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
