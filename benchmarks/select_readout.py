@@ -8,6 +8,7 @@ confusions, so a rule's mIoU on a half costs no head run.
 
     python benchmarks/select_readout.py --images 60 --out /tmp/sel.pkl     # record
     python benchmarks/select_readout.py --load /tmp/sel.pkl                # choose + report
+    python benchmarks/select_readout.py --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
 
 Results: docs/benchmarks.md ("Choosing the readout").
 """
@@ -15,6 +16,7 @@ Results: docs/benchmarks.md ("Choosing the readout").
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -238,6 +240,22 @@ def _class_iou_parts(p: np.ndarray, c: int) -> np.ndarray:
     return 100 * inter / np.maximum(gt + pred - inter, 1)
 
 
+def _fold_cell(parts: np.ndarray, target: float, thin: list, worst: np.ndarray, total: np.ndarray):
+    """Score one cell for a whole array of rules (``parts (..., 3, K)``): its mIoU is added to
+    ``total``; its margin over ``target`` and its thin classes' IoU margins ``thin`` ((class,
+    bilinear IoU) pairs) are folded into ``worst``. Returns ``(worst, total)``."""
+    m = _miou_parts(parts)
+    worst = np.minimum(worst, m - target)
+    for j, base in thin:
+        worst = np.minimum(worst, _class_iou_parts(parts, j) - base)
+    return worst, total + m
+
+
+def _rank(worst: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The search's order: rules whose worst case is >= 0 first (by mean), the others by worst case."""
+    return np.minimum(worst, 0.0) * 1e3 + mean
+
+
 # the thin classes whose IoU on clean evidence must not fall below plain upsampling's (issue goal)
 THIN_GUARD = {("camvid", "easy"): (2, 6)}  # pole, sign symbol
 
@@ -287,15 +305,10 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
                 for c, (V, x, thin) in per_cell.items():
                     g0, g1, g2 = (V[m].sum(0) for m in (x >= t2, (x >= t1) & (x < t2), x < t1))
                     parts = g0[clean][:, None, None] + g1[None, :, None] + g2[None, None, :]
-                    m = _miou_parts(parts)
-                    total += m
-                    worst = np.minimum(worst, m - tgt[c])
-                    for j, base in thin:
-                        worst = np.minimum(worst, _class_iou_parts(parts, j) - base)
+                    worst, total = _fold_cell(parts, tgt[c], thin, worst, total)
                 worst = np.where(ok_rule, worst, -np.inf)
                 mean = total / len(per_cell)
-                key = np.minimum(worst, 0.0) * 1e3 + mean  # feasible first (worst >= 0), then mean
-                o0, o1, o2 = np.unravel_index(np.argmax(key), key.shape)
+                o0, o1, o2 = np.unravel_index(np.argmax(_rank(worst, mean)), worst.shape)
                 steps = [opts[clean[o0]], opts[o1], opts[o2]]
                 scored.append((float(worst[o0, o1, o2]), float(mean[o0, o1, o2]),
                                ((t1, t2), tuple(lam for _, lam in steps), tuple(t for t, _ in steps))))
@@ -306,6 +319,86 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
     joint = sorted(zip(out["mv"], out["op"]), key=lambda p: (min(p[0][0], p[1][0], 0.0), p[0][1] + p[1][1]),
                    reverse=True)[:top]
     return {"mv": [p[0] for p in joint], "op": [p[1] for p in joint]}
+
+
+def step_tags(steps: int) -> tuple[str, ...]:
+    """The fused variant each step of a ``steps``-step rule reads: :func:`default_tags`, its middle
+    flag repeated when there are more steps."""
+    d = default_tags()
+    return (d[0],) + (d[1],) * (steps - 2) + (d[-1],)
+
+
+def step_rules(rec: dict, mode: str, steps: int = 3, tags: tuple[str, ...] | None = None,
+               quantile_step: float = 0.04, half: str | None = None) -> list[tuple[tuple, float, float, tuple]]:
+    """For every choice of thresholds, the best levels of a ``steps``-step rule on one half of the
+    images (None: all). ``steps`` levels (the clean one λ = 0, plain upsampling; the others grid
+    values of :data:`LAMBDAS` that do not decrease with noise) on ``steps − 1`` thresholds at the
+    quantiles ``quantile_step``, 2·``quantile_step``, ... (default 4 %, ... 96 %) of the half's
+    margins; step ``j`` reads the fused variant ``tags[j]`` (default :func:`step_tags`). Criterion
+    as :func:`choose`: worst margin over the half's :func:`targets` and the thin-class guard first,
+    then the mean. Returns ``(thresholds, worst, mean, levels)`` per threshold choice."""
+    tags = step_tags(steps) if tags is None else tuple(tags)
+    if len(tags) != steps or steps < 2:
+        raise ValueError(f"need {steps} tags, one per step, got {tags}")
+    sel = {k: r for k, r in rec.items() if half is None or (k[1] % 2 == 0) == (half == "even")}
+    tgt = targets(rec, half)
+    grid = LAMBDAS[1:-1]
+    per = {}
+    for c in sorted({(d, s) for d, _, s in sel}):
+        ks = [k for k in sel if (k[0], k[2]) == c]
+        base = np.stack([_iou_parts(sel[k]["conf"]["bilinear"]) for k in ks])
+        V = {t: np.stack([[_iou_parts(sel[k]["conf"][(mode, t, lam)]) for lam in grid] for k in ks]) for t in set(tags)}
+        thin = [(j, _class_iou_parts(base.sum(0), j)) for j in THIN_GUARD.get(c, ())]
+        per[c] = (base, V, np.array([sel[k]["stats"]["log_odds"] for k in ks]), thin)
+    margins = np.array([r["stats"]["log_odds"] for r in sel.values()])
+    qs = np.arange(quantile_step, 1.0 - quantile_step / 2, quantile_step)
+    ths = sorted(set(np.round(np.quantile(margins, qs), 2).tolist()))
+    n = steps - 1  # noisy steps, each a grid level
+    lv = np.array(grid)
+    mono = np.ones((len(grid),) * n, dtype=bool)  # axis j: the level of step j + 1
+    for j in range(n - 1):  # levels[j + 1] <= levels[j + 2]
+        a = lv.reshape([-1 if i == j else 1 for i in range(n)])
+        b = lv.reshape([-1 if i == j + 1 else 1 for i in range(n)])
+        mono &= a <= b
+    out = []
+    for th in itertools.combinations(ths, n):
+        worst = np.full(mono.shape, np.inf)
+        total = np.zeros(mono.shape)
+        for c, (base, V, x, thin) in per.items():
+            step = np.array([sum(1 for t in th if m < t) for m in x])  # 0: clean ... n: noisiest
+            parts = base[step == 0].sum(0)
+            for j in range(1, steps):  # step j: the j-th level, from the clean side
+                g = V[tags[j]][step == j].sum(0)  # (len(grid), 3, K)
+                parts = parts + g.reshape([len(grid) if i == j - 1 else 1 for i in range(n)] + list(g.shape[1:]))
+            worst, total = _fold_cell(parts, tgt[c], thin, worst, total)
+        worst = np.where(mono, worst, -np.inf)
+        mean = total / len(per)
+        o = np.unravel_index(np.argmax(_rank(worst, mean)), mono.shape)
+        levels = (0.0,) + tuple(float(grid[o[j - 1]]) for j in range(1, steps))
+        out.append((tuple(th), float(worst[o]), float(mean[o]), levels))
+    return out
+
+
+def best_in_sample(rec: dict, mode: str, steps: int = 3, tags: tuple[str, ...] | None = None,
+                   top: int = 3, quantile_step: float = 0.04) -> list[tuple[float, float, tuple, tuple]]:
+    """An upper bound for the protocol: the :func:`step_rules` fitted on **all** images (the test
+    images included), so no rule of the family does better on them. Returns the ``top`` best as
+    ``(worst, mean, thresholds, levels)``."""
+    rules = step_rules(rec, mode, steps, tags, quantile_step, None)
+    rules.sort(key=lambda r: (min(r[1], 0.0), r[2]), reverse=True)
+    return [(w, m, th, lv) for th, w, m, lv in rules[:top]]
+
+
+def choose_steps(rec: dict, steps: int, quantile_step: float = 0.04, top: int = 3) -> list[dict]:
+    """:func:`choose` for rules of any number of steps (recovery per step as :func:`step_tags`):
+    on the even half, thresholds shared by both modes, levels per mode; the threshold choice whose
+    worse mode's worst case is best, then the best sum of the modes' means. Returns the ``top``
+    as ``{"thresholds", "mv": (worst, mean, levels), "op": ...}``."""
+    per_mode = {mode: {th: (w, m, lv) for th, w, m, lv in step_rules(rec, mode, steps, None, quantile_step, "even")}
+                for mode in ("mv", "op")}
+    joint = sorted(per_mode["mv"], key=lambda th: (min(per_mode["mv"][th][0], per_mode["op"][th][0], 0.0),
+                                                   per_mode["mv"][th][1] + per_mode["op"][th][1]), reverse=True)
+    return [{"thresholds": th, "mv": per_mode["mv"][th], "op": per_mode["op"][th]} for th in joint[:top]]
 
 
 def worst_margin(rec: dict, key, half: str | None) -> float:
@@ -428,6 +521,14 @@ def main(argv=None) -> int:
                     help="earlier records whose baseline and paper-readout confusions are reused")
     ap.add_argument("--tags", nargs="+", default=["rec"], choices=list(RECOVERY),
                     help="fused variants to record (others are kept from --reuse)")
+    ap.add_argument("--in-sample", type=int, nargs="*", default=None, metavar="STEPS",
+                    help="with --load: also fit step rules of these many steps (default 3 4) on all images, "
+                         "the test images included: the best any rule of the family can reach")
+    ap.add_argument("--quantile-step", type=float, default=0.04,
+                    help="with --in-sample / --choose-steps: thresholds at these quantile steps of the margins")
+    ap.add_argument("--choose-steps", type=int, nargs="*", default=None, metavar="STEPS",
+                    help="with --load: also choose rules of these many steps on the even half (thresholds shared "
+                         "by the modes) and report the odd half and all images")
     ap.add_argument("--verify", type=int, default=0,
                     help="with --load: re-run refine on this many random records and count differing pixels")
     args = ap.parse_args(argv)
@@ -461,6 +562,26 @@ def main(argv=None) -> int:
                 print(f"  {tag}, thresholds {th}, levels {lv}: even worst {worst:+.2f}, mean {mean:.2f} | "
                       f"odd worst {worst_margin(rec, key, 'odd'):+.2f}, mean {np.nanmean(t[key]):.2f} | "
                       f"all worst {worst_margin(rec, key, None):+.2f}")
+        if args.in_sample is not None:
+            print("\nin-sample bound: step rules fitted on all images (worst margin over the per-cell target and "
+                  "the thin-class guard, four decimals; mean)")
+            for steps in args.in_sample or [3, 4]:
+                for mode in ("mv", "op"):
+                    for worst, mean, th, lv in best_in_sample(rec, mode, steps, quantile_step=args.quantile_step):
+                        key = add_rule(rec, mode, th, lv, step_tags(steps))  # the same rule on each half alone
+                        print(f"  {mode} {steps} steps, thresholds {th}, levels {lv}: worst {worst:+.4f}, mean {mean:.2f}"
+                              f" (even half alone {worst_margin(rec, key, 'even'):+.4f}, odd "
+                              f"{worst_margin(rec, key, 'odd'):+.4f})", flush=True)
+        for steps in args.choose_steps or []:
+            print(f"\n{steps}-step rules chosen on the even half (worst margin, four decimals; mean)")
+            for r in choose_steps(rec, steps, args.quantile_step):
+                parts = [f"thresholds {r['thresholds']}"]
+                for mode in ("mv", "op"):
+                    worst, mean, lv = r[mode]
+                    key = add_rule(rec, mode, r["thresholds"], lv, step_tags(steps))
+                    parts.append(f"{mode} levels {lv}: even {worst:+.4f} (mean {mean:.2f}), "
+                                 f"odd {worst_margin(rec, key, 'odd'):+.4f}, all {worst_margin(rec, key, None):+.4f}")
+                print("  " + " | ".join(parts), flush=True)
         return 0
 
     torch.set_num_threads(1)

@@ -288,3 +288,90 @@ def test_gpu_script_runs_on_the_cpu_in_quick_mode(tmp_path):
     assert (tmp_path / "head_speed_cpu_quick.md").is_file()
     bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--device", "tpu"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--device must be" in bad.stderr
+
+
+def _toy_records(seed: int = 0, per_cell: int = 5, K: int = 3) -> dict:
+    """select_readout-style records of two evidence strengths: each image's margin, and confusions
+    of the baselines, the paper readout and the fused variants at every grid λ (the fused labels
+    get better or worse with λ by an image-specific amount, so rules differ)."""
+    import select_readout as sr
+
+    rng = np.random.default_rng(seed)
+    rec = {}
+    for s, centre in (("easy", 4.0), ("medium", 2.5)):
+        for i in range(per_cell):
+            label = rng.integers(0, K, size=(6, 6))
+            slope = rng.normal(0.0, 0.02)  # per λ unit: flip probability change
+
+            def noisy(p):
+                flip = rng.random(label.shape) < np.clip(p, 0.0, 1.0)
+                return np.where(flip, (label + 1) % K, label)
+
+            conf = {"bilinear": sr.confusion(noisy(0.2), label, K), "jbu": sr.confusion(noisy(0.25), label, K),
+                    ("mv", "paper"): sr.confusion(noisy(0.3), label, K)}
+            for tag in sr.RECOVERY:
+                for lam in sr.LAMBDAS:
+                    conf[("mv", tag, lam)] = sr.confusion(noisy(0.2 + slope * min(lam, 30.0)), label, K)
+            rec[("toy", i, s)] = {"stats": {"log_odds": centre + rng.normal(0.0, 0.6)}, "conf": conf}
+    return rec
+
+
+def _naive_rule_score(rec, th, lv, tags):
+    import select_readout as sr
+
+    key = sr.add_rule(rec, "mv", th, lv, tags)
+    worst = sr.worst_margin(rec, key, None)
+    _, t = sr.table(rec, [key], None)
+    for r in rec.values():
+        del r["conf"][key]
+    return worst, float(np.mean(t[key]))
+
+
+def test_in_sample_rule_search_matches_a_naive_loop():
+    """select_readout.best_in_sample (vectorised over the levels) against rules scored one by one
+    through add_rule / worst_margin / table: with two steps the naive loop over every rule finds
+    the same best score; with three, the found rule's numbers are the naive ones and no rule of a
+    random sample of 300 scores better."""
+    import select_readout as sr
+
+    rec = _toy_records()
+    margins = np.array([r["stats"]["log_odds"] for r in rec.values()])
+    ths = sorted(set(np.round(np.quantile(margins, np.arange(0.04, 0.97, 0.04)), 2).tolist()))
+    grid = sr.LAMBDAS[1:-1]
+
+    worst, mean, th, lv = sr.best_in_sample(rec, "mv", 2, tags=("rec", "norec"), top=1)[0]
+    naive = max((min(w, 0.0), m) for w, m in (_naive_rule_score(rec, (t,), (0.0, lam), ("rec", "norec"))
+                                              for t in ths for lam in grid))
+    assert (min(worst, 0.0), mean) == pytest.approx(naive, abs=1e-9)
+    assert _naive_rule_score(rec, th, lv, ("rec", "norec")) == pytest.approx((worst, mean), abs=1e-9)
+
+    tags = ("rec", "norec", "rec")
+    worst, mean, th, lv = sr.best_in_sample(rec, "mv", 3, tags=tags, top=1)[0]
+    assert _naive_rule_score(rec, th, lv, tags) == pytest.approx((worst, mean), abs=1e-9)
+    assert list(lv) == sorted(lv) and lv[0] == 0.0  # λ does not decrease with noise
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        t = sorted(rng.choice(ths, size=2, replace=False).tolist())
+        levels = (0.0, *sorted(rng.choice(grid, size=2).tolist()))
+        w, m = _naive_rule_score(rec, tuple(t), levels, tags)
+        assert (min(w, 0.0), m) <= (min(worst, 0.0) + 1e-9, mean + 1e-9)
+
+
+def test_rule_statistics_bracket_the_rules_margin():
+    """rule_statistics.py's log-odds quartiles bracket the library's evidence_margin (the median the
+    default rule reads), and the attention-based statistics see a clean two-block image as clean."""
+    import rule_statistics
+    from dslo.head import evidence_margin
+
+    torch.manual_seed(0)
+    h, w = 6, 8
+    L = 0.2 + 0.02 * torch.randn(4, h, w)
+    L[1, :, :3] += 0.1
+    st = rule_statistics.statistics(L, _semantic_affinity(h, w), (h, w), 40.0)
+    m = evidence_margin(L.reshape(4, -1), 40.0)
+    assert st["log-odds q10"] <= st["log-odds q25"] <= m <= st["log-odds q75"] <= st["log-odds q90"]
+    clean = torch.full((2, h, w), 0.15)
+    clean[0, :, :4] = 0.30
+    clean[1, :, 4:] = 0.30
+    st = rule_statistics.statistics(clean, _semantic_affinity(h, w), (h, w), 40.0)
+    assert st["arg-max kept by attention averaging"] == 1.0 and st["grid neighbours agreeing"] > 0.9
