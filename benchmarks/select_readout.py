@@ -10,7 +10,7 @@ confusions, so a rule's mIoU on a half costs no head run.
     python benchmarks/select_readout.py --load /tmp/sel.pkl                # choose + report
     python benchmarks/select_readout.py --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
 
-Results: docs/benchmarks.md ("Choosing the readout").
+Results: docs/benchmarks.md §1b ("A head that does not lose") and benchmarks/results/select_readout.md.
 """
 
 from __future__ import annotations
