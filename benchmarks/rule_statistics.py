@@ -31,8 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_write_text  # noqa: E402
-from refine_real import _item, evidence_for, make_probe  # noqa: E402
-from select_readout import dense  # noqa: E402
+from refine_real import _item, make_probe  # noqa: E402
+from select_readout import dense, record_evidence  # noqa: E402
 
 from dslo.eval.datasets import get_dataset  # noqa: E402
 from dslo.head import HeadConfig  # noqa: E402
@@ -81,7 +81,7 @@ def collect(keys: list, scale: float) -> dict:
             it = _item(dset, i)
             A, grid = cache.get(it.image)
             for s in sorted({k[2] for k in keys if k[:2] == (ds, i)}):
-                L = probe.evidence(i) if s == "probe" else evidence_for(it, s, 0)
+                L = record_evidence(it, s, probe)
                 out[(ds, i, s)] = statistics(L, A, grid, scale)
         print(f"{ds}: {len(idx)} images", file=sys.stderr, flush=True)
     return out
@@ -101,8 +101,11 @@ def best_threshold(x: np.ndarray, gain: np.ndarray) -> tuple[float, int, np.ndar
 
 def table(rec: dict, stats: dict) -> str:
     keys = [k for k in rec if k in stats]
-    gain = np.array([(np.trace(dense(rec[k]["conf"][GAIN_KEY])) - np.trace(dense(rec[k]["conf"]["bilinear"])))
-                     / dense(rec[k]["conf"]["bilinear"]).sum() * 100 for k in keys])
+    def gain_of(r: dict) -> float:  # correct pixels gained by fusing, per cent of the image
+        base = dense(r["conf"]["bilinear"])
+        return (np.trace(dense(r["conf"][GAIN_KEY])) - np.trace(base)) / base.sum() * 100
+
+    gain = np.array([gain_of(rec[k]) for k in keys])
     oracle = gain[gain > 0].sum()
     rows = [("evidence margin (the default rule's)", np.array([rec[k]["stats"]["log_odds"] for k in keys]))]
     rows += [(n, np.nan_to_num(np.array([stats[k][n] for k in keys]), nan=-1.0)) for n in stats[keys[0]]]

@@ -58,6 +58,12 @@ def default_tags() -> tuple[str, ...]:
     return tuple("rec" if on and thr == RECOVER else "norec" for on in FUSION_RECOVER)
 
 
+def record_evidence(it: Item, strength: str, probe=None) -> torch.Tensor:
+    """The ``(K, h, w)`` evidence the records are made from: the seeded synthetic strength (seed 0),
+    or the linear probe's (``probe``: :func:`refine_real.make_probe`'s, for ``"probe"``)."""
+    return probe.evidence(it.index) if strength == "probe" else evidence_for(it, strength, 0)
+
+
 def fused_argmax(U1: torch.Tensor, U2: torch.Tensor, lam: float) -> torch.Tensor:
     """``argmax_c (U1 + lam·U2)`` over dim 0 by a running maximum over classes (first index on
     ties, as ``argmax``); ``lam >= 1e5`` ranks by ``U2`` first. Several times faster than
@@ -197,7 +203,7 @@ def rule_conf(r: dict, mode: str, thresholds, levels, tag="rec"):
     of the fused variant ``tag`` (with or without recovery seeds; a tuple: one per step)."""
     lam = fusion_weight(r["stats"]["log_odds"], thresholds, levels)
     if not isinstance(tag, str):
-        tag = tag[sum(1 for t in thresholds if r["stats"]["log_odds"] < t)]
+        tag = tag[fusion_step(r["stats"]["log_odds"], thresholds)]
     return r["conf"]["bilinear"] if lam == 0 else r["conf"][(mode, tag, lam)]
 
 
@@ -365,7 +371,7 @@ def step_rules(rec: dict, mode: str, steps: int = 3, tags: tuple[str, ...] | Non
         worst = np.full(mono.shape, np.inf)
         total = np.zeros(mono.shape)
         for c, (base, V, x, thin) in per.items():
-            step = np.array([sum(1 for t in th if m < t) for m in x])  # 0: clean ... n: noisiest
+            step = np.array([fusion_step(m, th) for m in x])  # 0: clean ... n: noisiest
             parts = base[step == 0].sum(0)
             for j in range(1, steps):  # step j: the j-th level, from the clean side
                 g = V[tags[j]][step == j].sum(0)  # (len(grid), 3, K)
@@ -491,7 +497,7 @@ def verify(rec: dict, n: int, seed: int = 0) -> list[str]:
         ds, i, s = keys[j]
         it = _item(dsets[ds], i)
         A, grid = cache.get(it.image)
-        L = evidence_for(it, s, 0)
+        L = record_evidence(it, s)
         for mode in ("mv", "op"):
             rule_lam = fusion_weight(rec[keys[j]]["stats"]["log_odds"], *FUSION_RULE[mode])
             step = fusion_step(rec[keys[j]]["stats"]["log_odds"], FUSION_RULE[mode][0])
@@ -613,7 +619,7 @@ def main(argv=None) -> int:
         it = _item(dsets[ds], i)
         A, grid = cache.get(it.image)
         for s in strengths:
-            L = probes[ds].evidence(i) if s == "probe" else evidence_for(it, s, 0)
+            L = record_evidence(it, s, probes[ds])
             rec[(ds, i, s)] = record_image(it, L, A, grid, cfg, old.get((ds, i, s)), tuple(args.tags))
         print(f"{ds} {i} {strengths} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         done += 1
