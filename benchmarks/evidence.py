@@ -53,7 +53,7 @@ class EvidenceConfig:
     cos_low: float = 0.15
     cos_high: float = 0.30
 
-    def replace(self, **kw) -> "EvidenceConfig":
+    def replace(self, **kw) -> EvidenceConfig:
         return dataclasses.replace(self, **kw)
 
 

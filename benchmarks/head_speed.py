@@ -21,7 +21,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import devices, markdown_table, peak_memory, time_ms  # noqa: E402
 
-from dslo.outputs import atomic_write_text  # noqa: E402
 from dslo.head import (  # noqa: E402
     HeadConfig,
     ipf,
@@ -32,6 +31,7 @@ from dslo.head import (  # noqa: E402
     refine,
     seed_classes,
 )
+from dslo.outputs import atomic_write_text  # noqa: E402
 
 
 def semantic_affinity(h: int, w: int, regions: int = 6, seed: int = 0) -> torch.Tensor:

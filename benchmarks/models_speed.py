@@ -110,8 +110,14 @@ def build(name: str, device: torch.device, dtype: str = "auto"):
         vae = AutoencoderKL(**SD2_VAE).eval().to(device=device, dtype=accel)
         prompt = torch.randn(1, 77, 1024, device=device, dtype=accel)
         return Sd2AttentionSource(unet, vae, prompt, name="sd2", settings=Sd2Settings()), "random init"
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-    from transformers import ViTConfig, ViTModel
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     from dslo.models.vit import VitAttentionSettings, wrap_vit
 

@@ -14,13 +14,12 @@ mapped to CLIP's cosine range like the synthetic strengths: ``logit = 0.15 + 0.1
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from evidence import EvidenceConfig, logits_grid, patch_fractions
 
 __all__ = ["ProbeConfig", "fit_probe", "LinearProbeEvidence"]

@@ -83,7 +83,6 @@ def random_clip_b16(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-
     from models_speed import _clip
 
     torch.manual_seed(0)
@@ -117,7 +116,7 @@ def run_engine(label: str, images: Path, clip: Path, out: Path, extra: list[str]
         if not m or not workers:
             raise RuntimeError(f"{label}: no summary in\n{proc.stderr[-3000:]}")
         span = [float(s) for *_, s in workers]
-        busy = [int(pct) / 100.0 * sp for (_, _, _, pct, _), sp in zip(workers, span)]  # the rate is rounded
+        busy = [int(pct) / 100.0 * sp for (_, _, _, pct, _), sp in zip(workers, span, strict=False)]  # the rate is rounded
         row.update(startup_s=float(m.group(4)) + float(m.group(5)), ray_startup_s=float(m.group(4)),
                    steady_img_s=n / max(span), worker_s_per_img=sum(busy) / n,
                    overhead_pct=100.0 * (sum(span) - sum(busy)) / sum(busy),

@@ -27,12 +27,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import (DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_write_bytes,  # noqa: E402
-                    atomic_write_text, spaced_subset)  # noqa: E402
+from _bench import (  # noqa: E402
+    DATASET_DIRS,
+    DEFAULT_DATA_ROOT,
+    AttentionCache,
+    atomic_write_bytes,
+    atomic_write_text,  # noqa: E402
+    spaced_subset,
+)
 from refine_real import Item, _item, evidence_for, jbu_baseline, make_probe  # noqa: E402
 
 from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight  # noqa: E402
 from dslo.head import (  # noqa: E402
     HeadConfig,
     candidate_classes,
@@ -43,6 +48,7 @@ from dslo.head import (  # noqa: E402
     normalize_maps,
     seed_classes,
 )
+from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight  # noqa: E402
 
 # fixed λ, recorded per image so that any rule choosing λ from this grid per image (e.g. a step
 # function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
@@ -223,7 +229,7 @@ def recorded_tags(rec: dict) -> list[str]:
 def targets(rec: dict, half: str | None) -> dict:
     """The issue's per-cell target ``max(bilinear, JBU, paper-readout M.V. − 0.5)``."""
     cells, t = table(rec, ["bilinear", "jbu", ("mv", "paper")], half)
-    return {c: max(a, b, m - 0.5) for c, a, b, m in zip(cells, t["bilinear"], t["jbu"], t[("mv", "paper")])}
+    return {c: max(a, b, m - 0.5) for c, a, b, m in zip(cells, t["bilinear"], t["jbu"], t[("mv", "paper")], strict=False)}
 
 
 def _iou_parts(c) -> np.ndarray:
@@ -322,7 +328,7 @@ def choose(rec: dict, top: int = 8, clean_levels: int = 6) -> dict:
     # One pair of thresholds for both modes (one reading of how clean an image's evidence is; the
     # levels and variants stay per mode): the pair whose worse mode's worst case is best, then the
     # best sum of the two modes' means.
-    joint = sorted(zip(out["mv"], out["op"]), key=lambda p: (min(p[0][0], p[1][0], 0.0), p[0][1] + p[1][1]),
+    joint = sorted(zip(out["mv"], out["op"], strict=False), key=lambda p: (min(p[0][0], p[1][0], 0.0), p[0][1] + p[1][1]),
                    reverse=True)[:top]
     return {"mv": [p[0] for p in joint], "op": [p[1] for p in joint]}
 
@@ -411,7 +417,7 @@ def worst_margin(rec: dict, key, half: str | None) -> float:
     """The worst case :func:`choose` maximises, for a recorded variant on a half."""
     tgt = targets(rec, half)
     cells, t = table(rec, [key], half)
-    worst = min(v - tgt[c] for v, c in zip(t[key], cells))
+    worst = min(v - tgt[c] for v, c in zip(t[key], cells, strict=False))
     for (ds, s), classes in THIN_GUARD.items():
         rs = [r for (d, i, st), r in rec.items() if d == ds and st == s and
               (half is None or (i % 2 == 0) == (half == "even"))]

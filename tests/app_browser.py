@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from conftest import DATA  # tests/ is on the path both under pytest and when run as a script
 from standins import FAST  # noqa: E402

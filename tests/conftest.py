@@ -57,8 +57,9 @@ def _no_text_cache_by_default():
 def fake_models(monkeypatch):
     """dslo segment builds its segmenter through create_segmenter: swap in the colour stand-ins
     (tests/standins.py). Returns the list of (name, device, overrides) it was called with."""
-    from dslo.segmenter import Segmenter
     from standins import ColourAffinity, ColourLogits
+
+    from dslo.segmenter import Segmenter
 
     calls = []
 

@@ -18,10 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_browser import (
+    CAMVID_IMAGE,
+    CHROMIUM,
+    FAST,
+    chromium,
+    image_shown,
+    pick_example,
+    running_app,
+    segment_in_page,
+    table_rows,
+)
 from PIL import Image
-
-from app_browser import CAMVID_IMAGE, CHROMIUM, FAST, chromium, image_shown, pick_example, \
-    running_app, segment_in_page, table_rows
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -35,9 +43,9 @@ def _require(ok: bool, why: str) -> None:
 
 def _playwright_available() -> bool:
     try:
-        import playwright.sync_api  # noqa: F401
-        import gradio_client  # noqa: F401
         import gradio  # noqa: F401
+        import gradio_client  # noqa: F401
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         return False
     return True
@@ -162,7 +170,7 @@ def test_two_client_requests_at_once_share_one_model_load(app, image, tmp_path):
     for t in threads:
         t.join(timeout=600)
     assert set(results) == {"sky, road", "car, tree, sign"}
-    for classes, (status, overlay, table, mask, doc, *_) in results.items():
+    for classes, (status, _overlay, table, mask, doc, *_) in results.items():
         assert status.startswith("Segmented"), status
         names = [r[0] for r in table["data"]]
         assert names == ["background"] + [c.strip() for c in classes.split(",")]

@@ -30,7 +30,7 @@ def eager_affinity(src, image, layers, layer_weights=None):
     finally:
         src.model.set_attn_implementation("sdpa")
     lw = layer_weights or [1.0] * len(layers)
-    mix = sum(w / sum(lw) * att[i][0] for w, i in zip(lw, layers))
+    mix = sum(w / sum(lw) * att[i][0] for w, i in zip(lw, layers, strict=False))
     return patch_affinity(mix, num_prefix=src.num_prefix)
 
 

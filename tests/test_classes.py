@@ -1,8 +1,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA
+
 from dslo.classes import (
     DEFAULT_STUFF_WORDS,
     BackgroundPolicy,

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from standins import ColourAffinity, colour_picture
+from standins import file_tree as _tree
+from standins import save_image as _save
 
 from dslo.cli import main
 from dslo.cli.segment import discover_inputs
 from dslo.outputs import class_colors, decode_rle
-from standins import ColourAffinity, colour_picture, save_image as _save, file_tree as _tree
-
 
 # --- input discovery -----------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ def test_awkward_image_formats_are_converted(tmp_path, fake_models):
     _save(inp / "rgba.png", np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]))
     _save(inp / "pal.png", np.asarray(Image.fromarray(rgb).convert("P").convert("RGB")))
     Image.fromarray(rgb).convert("P").save(inp / "pal_mode.png")
-    Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)).save(inp / "deep16.png")
+    Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257).save(inp / "deep16.png")
     # EXIF orientation 6 (rotate 90° clockwise to display): a 32×48 file shows as 48×32
     exif = Image.Exif()
     exif[0x0112] = 6

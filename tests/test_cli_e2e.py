@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA  # noqa: E402
 from PIL import Image
+from standins import FAST, focus_available  # noqa: E402
 
 from dslo.cli import main
 from dslo.outputs import class_colors, decode_rle
 
-from conftest import DATA  # noqa: E402
-from standins import FAST, focus_available  # noqa: E402
 CAMVID = DATA / "camvid"
 
 
@@ -59,7 +59,7 @@ def test_segment_folder_of_real_images(tmp_path, tiny_clip, camvid_images, capsy
 
     classes = [line.strip() for line in (CAMVID / "classes.txt").read_text().splitlines() if line.strip()]
     stems = [Path(camvid_images[0].stem)] + [Path("seq") / p.stem for p in camvid_images[1:]]
-    for src, stem in zip(camvid_images, stems):
+    for src, stem in zip(camvid_images, stems, strict=False):
         w, h = Image.open(src).size
         mask = Image.open(out / f"{stem}.png")
         assert mask.mode == "P" and mask.size == (w, h)
@@ -112,8 +112,8 @@ def test_api_background_policies_on_a_real_image(tiny_clip, camvid_images):
 
 def test_refine_reproduces_the_head_on_a_real_image(tmp_path, tiny_clip, camvid_images):
     from dslo.head import refine
-    from dslo.models import create_attention_model, create_logits_model
     from dslo.imageio import read_image_file
+    from dslo.models import create_attention_model, create_logits_model
 
     image = camvid_images[1]
     img = read_image_file(image)

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DATA
 
 from dslo.models import create_logits_model
 from dslo.models.clip_methods import (
@@ -19,8 +20,6 @@ from dslo.models.clip_methods import (
     method_protocol,
     proxy_attention,
 )
-
-from conftest import DATA
 
 PEER = DATA / "peer_logits"
 needs_fixtures = pytest.mark.skipif(not (PEER / "expected.safetensors").is_file(),

@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import DATA, needs_data  # noqa: E402
 
 from dslo.cli import main as cli_main
-
-from conftest import DATA, needs_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

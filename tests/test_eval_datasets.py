@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA, needs_data  # noqa: E402
 from PIL import Image
 
 from dslo.eval.classes import builtin_class_files, parse_class_lines, read_class_file
 from dslo.eval.datasets import BENCHMARKS, DATASETS, DatasetLayoutError, get_dataset
-
-from conftest import DATA, needs_data  # noqa: E402
 
 
 def _check_pairs(ds, max_label):
@@ -60,7 +59,7 @@ def test_voc21_and_voc20_readers():
     v20 = _check_pairs(voc20, 19)
     assert {0, 1, 3, 17, 255} <= v21
     assert v20 == {v - 1 for v in v21 if v not in (0, 255)} | {255}
-    for a, b in zip(voc21, voc20):  # VOC20 = VOC21 with background ignored and ids shifted
+    for a, b in zip(voc21, voc20, strict=False):  # VOC20 = VOC21 with background ignored and ids shifted
         la, lb = a.load_label().astype(int), b.load_label().astype(int)
         np.testing.assert_array_equal(lb, np.where((la == 0) | (la == 255), 255, la - 1))
 
@@ -80,7 +79,7 @@ def test_ade20k_reduce_zero_label():
     info = (DATA / "fixtures" / "ADEChallengeData2016" / "objectInfo150.txt").read_text().splitlines()[1:]
     entries = [[n.strip().replace(" ", "") for n in ln.split("\t")[-1].split(",")] for ln in info if ln.strip()]
     assert len(entries) == 150
-    assert all(name in names for name, names in zip(ds.class_names, entries))
+    assert all(name in names for name, names in zip(ds.class_names, entries, strict=False))
 
 
 @needs_data

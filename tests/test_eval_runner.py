@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import DATA, needs_data  # noqa: E402
 
 from dslo.cli import main as cli_main
 from dslo.eval.datasets import get_dataset
@@ -22,8 +23,6 @@ from dslo.eval.runner import (
     wait_for_predictions,
 )
 from dslo.eval.scoring import prediction_path, read_prediction, score_predictions, write_prediction
-
-from conftest import DATA, needs_data  # noqa: E402
 
 
 @dataclass
@@ -193,7 +192,7 @@ def test_score_cli_ground_truth_and_corrupted_copy(tmp_path, capsys):
     samples = ds.samples[:5]
     gt_dir, bad_dir = tmp_path / "gt", tmp_path / "bad"
     labels = [s.load_label() for s in samples]
-    for s, lab in zip(samples, labels):
+    for s, lab in zip(samples, labels, strict=False):
         write_prediction(gt_dir / f"{s.stem}.png", lab)
     out = tmp_path / "gt.json"
     args = ["score", "--dataset", "camvid", "--data-root", str(DATA / "camvid"), "--limit", "5", "-q"]
@@ -209,7 +208,7 @@ def test_score_cli_ground_truth_and_corrupted_copy(tmp_path, capsys):
     car_total, road_total = int((stacked == car).sum()), int((stacked == road).sum())
     labelled = int((stacked != 255).sum())
     assert n > 0
-    for i, (s, lab) in enumerate(zip(samples, labels)):
+    for i, (s, lab) in enumerate(zip(samples, labels, strict=False)):
         write_prediction(bad_dir / f"{s.stem}.png", np.where(lab == car, road, lab) if i == 0 else lab)
     assert cli_main(args + ["--pred", str(bad_dir)]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dslo.errors import SettingsError
 from dslo.head import (
     HeadConfig,
     candidate_classes,
@@ -29,7 +30,6 @@ from dslo.head import (
     seed_classes,
     upsample_maps,
 )
-from dslo.errors import SettingsError
 from dslo.head.readout import FUSION_RECOVER, FUSION_RULE
 
 

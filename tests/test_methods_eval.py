@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DATA, needs_data_dirs
 
 from dslo.cli import main as cli_main
 from dslo.models import create_attention_model, create_logits_model, weights_available
 from dslo.models.clip_methods import METHODS
-
-from conftest import DATA, needs_data_dirs
 
 CAMVID = DATA / "camvid"
 needs_camvid = needs_data_dirs("camvid/test")

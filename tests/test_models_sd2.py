@@ -164,7 +164,7 @@ def test_batched_pass_and_early_stop_give_the_same_affinity(src, sd_dir, image):
     chosen layer (its output and the rest of the UNet skipped) changes nothing read."""
     other = np.random.default_rng(5).integers(0, 256, size=(80, 80, 3), dtype=np.uint8)
     A, grid = src.affinity_batch([image, other])
-    for a, im in zip(A, [image, other]):
+    for a, im in zip(A, [image, other], strict=False):
         ref, g = src.affinity(im)
         assert g == grid
         torch.testing.assert_close(a, ref, atol=1e-6, rtol=1e-5)

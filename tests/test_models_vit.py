@@ -46,7 +46,7 @@ def reference_affinity(src, image, layers=(-1,), layer_weights=None, head_weight
     att = eager_attentions(src.model, src.pixel_values(image))
     lw = layer_weights or [1.0] * len(layers)
     total = 0
-    for w, i in zip(lw, layers):
+    for w, i in zip(lw, layers, strict=False):
         a = att[i][0]
         if head_weights is None:
             a = a.mean(0)

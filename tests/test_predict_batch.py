@@ -30,7 +30,7 @@ def images():
 
 def assert_same(batch, single):
     assert len(batch) == len(single)
-    for b, s in zip(batch, single):
+    for b, s in zip(batch, single, strict=False):
         assert np.array_equal(b.labels, s.labels)
         assert b.class_names == s.class_names and np.array_equal(b.score_class_ids, s.score_class_ids)
         torch.testing.assert_close(b.scores, s.scores, atol=1e-5, rtol=1e-5)
@@ -72,7 +72,7 @@ def test_vit_affinity_batch_equals_single(dirs, images, kind):
     src = create_attention_model(dirs[kind], device="cpu", short_side=56, layers=(0, -1))
     same = [images[0], images[1], images[3]]
     A, grid = src.affinity_batch(same)
-    for a, im in zip(A, same):
+    for a, im in zip(A, same, strict=False):
         ref, g = src.affinity(im)
         assert g == grid
         torch.testing.assert_close(a, ref, atol=1e-6, rtol=1e-5)
@@ -90,8 +90,8 @@ def test_clip_features_batch_one_trunk_pass_equals_single(dirs, images, method):
     F = clip.dense_features_batch(same)
     assert calls == [3]  # every block but the last runs once for the batch
     assert clip.dense_features_batch(same) is not None and calls == [3]  # the batch's trunk is memoised
-    for f, im in zip(F, same):
+    for f, im in zip(F, same, strict=False):
         torch.testing.assert_close(f, clip.dense_features(im), atol=1e-5, rtol=1e-5)
     L = clip.logits_batch(same, CLASSES)
-    for lb, im in zip(L, same):
+    for lb, im in zip(L, same, strict=False):
         torch.testing.assert_close(lb, clip.logits(im, CLASSES), atol=1e-5, rtol=1e-5)

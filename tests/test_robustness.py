@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from dslo.cli import main
+from standins import (
+    ColourAffinity,
+    ColourLogits,
+    focus_available,  # noqa: E402
+)
+from standins import colour_picture as _picture
 from standins import save_image as _save
-from standins import ColourAffinity, ColourLogits, colour_picture as _picture
 
 import dslo
-from standins import focus_available  # noqa: E402
+from dslo.cli import main
 
 SRC = Path(dslo.__file__).resolve().parents[1]  # the dslo under test, for subprocesses
 
@@ -571,7 +574,7 @@ def test_fuzz_predict_and_cli_give_a_result_or_a_clear_error(tmp_path, fake_mode
             signal.alarm(0)
             err = capsys.readouterr().err
             assert rc == 1 and "Traceback" not in err and "internal error" not in err
-        for i in range(30):
+        for _ in range(30):
             signal.alarm(20)
             cls = _random_classes(rng)
             cls = cls if isinstance(cls, str) else ",".join(map(str, cls))

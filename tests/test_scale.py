@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from standins import ColourAffinity, ColourLogits, colour_picture
+from standins import file_tree as _tree
 
 from dslo.cli import main
 from dslo.outputs import atomic_write_bytes, decode_rle, write_result
 from dslo.scale import parquet, plan
 from dslo.scale.inputs import discover
 from dslo.segmenter import Segmenter
-from standins import file_tree as _tree
-from standins import ColourAffinity, ColourLogits, colour_picture
 
 
 def _uri(path: Path) -> str:

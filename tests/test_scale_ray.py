@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import DATA, needs_data_dirs
-from dslo.cli import main
+from PIL import Image
 from standins import FAST, focus_available  # noqa: E402
+
+from dslo.cli import main
 
 CAMVID = DATA / "camvid"
 
@@ -229,8 +229,8 @@ def test_killed_worker_is_replaced_and_every_image_written_once(tmp_path, inputs
 
 
 def test_parquet_rows_decode_to_the_local_masks(tmp_path, inputs, clip, reference, capsys):
-    from pycocotools import mask as mask_utils
     import pyarrow.parquet as pq
+    from pycocotools import mask as mask_utils
 
     inp = tmp_path / "in"
     inp.mkdir()

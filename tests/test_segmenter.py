@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from standins import ColourAffinity, ColourLogits, colour_picture
 
 import dslo
 from dslo import segmenter as seg_mod
 from dslo.head import HeadConfig
 from dslo.segmenter import Segmenter, create_segmenter, list_presets, resolve_device, upsample_argmax
-from standins import ColourAffinity, ColourLogits, colour_picture
+
 
 @pytest.fixture
 def seg():

@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
 
-ClassesLike = Union[str, os.PathLike, Sequence[Union[str, Sequence[str]]]]
+ClassesLike = str | os.PathLike | Sequence[str | Sequence[str]]
 
 BACKGROUND_NAME = "background"
 

@@ -7,7 +7,8 @@ segmenter, the CLI. ``dslo.head`` imports nothing else of dslo.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["SettingsError", "did_you_mean", "check_known", "check_choice"]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Any]  # Any: torch.Tensor (CHW)
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | Any  # Any: torch.Tensor (CHW)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 

@@ -7,13 +7,14 @@ filesystems (:mod:`dslo.remote`), just as atomically.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePath
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -54,10 +55,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -254,7 +253,7 @@ def overlay_image(image: np.ndarray, labels: np.ndarray, class_names: Sequence[s
     canvas = Image.new("RGB", (w + panel_w, max(h, panel_h)), (255, 255, 255))
     canvas.paste(out, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for i, (c, text) in enumerate(zip(present, entries)):
+    for i, (c, text) in enumerate(zip(present, entries, strict=False)):
         y = pad + i * line
         x = w + pad
         draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(v) for v in colors[c]),

@@ -4,9 +4,10 @@ head settings or model options that go with them (a typed :class:`Preset`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from dslo.errors import SettingsError, did_you_mean
 from dslo.head import HeadConfig, get_mode

@@ -7,11 +7,12 @@ a ``str`` everywhere (``pathlib`` would fold its ``//``); local paths stay ``Pat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
 import uuid
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 __all__ = ["is_uri", "location", "join", "fs_path", "list_files", "read_bytes", "write_atomic",
@@ -117,9 +118,7 @@ def write_atomic(uri: str, write: Callable[[io.BufferedIOBase], None]) -> str:
             f.write(data)
         fs.move(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             fs.delete_file(tmp)
-        except OSError:
-            pass
         raise
     return uri

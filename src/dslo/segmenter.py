@@ -23,7 +23,8 @@ result in :mod:`dslo.result`, the head math in :mod:`dslo.head`.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,12 +33,15 @@ from dslo.classes import (
     BACKGROUND_NAME,
     BackgroundPolicy,
     ClassesLike,
-    class_names as _class_names,
     normalize_classes,
     parse_background,
 )
+from dslo.classes import (
+    class_names as _class_names,
+)
 from dslo.errors import SettingsError, check_known
-from dslo.head import HeadConfig, get_mode, refine as _head_refine, upsample_argmax
+from dslo.head import HeadConfig, get_mode, upsample_argmax
+from dslo.head import refine as _head_refine
 from dslo.head.pamr import pamr
 from dslo.imageio import ImageLike, resize_max_side, to_rgb_array
 from dslo.models.registry import check_model_name

@@ -7,7 +7,7 @@ API (``dslo.head.seed_classes`` on the evidence the head was given), never a cop
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ def class_table(labels: np.ndarray, class_names: Sequence[str]) -> list[list]:
     """
     counts = np.bincount(np.asarray(labels).reshape(-1), minlength=len(class_names))
     total = int(counts.sum())
-    return [[name, int(n), round(100.0 * int(n) / total, 2)] for name, n in zip(class_names, counts)]
+    return [[name, int(n), round(100.0 * int(n) / total, 2)] for name, n in zip(class_names, counts, strict=False)]
 
 
 def _nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -94,7 +94,7 @@ def heat_maps(result) -> list[tuple[Image.Image, str]]:
         scores = F.interpolate(scores[None], size=small.shape[:2], mode="bilinear",
                                align_corners=False)[0]
     out = []
-    for s, cid in zip(scores, result.score_class_ids):
+    for s, cid in zip(scores, result.score_class_ids, strict=False):
         s = s.numpy()
         lo, hi = float(s.min()), float(s.max())
         x = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)

@@ -5,13 +5,14 @@ check runs before the first one is loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
-from dslo.provenance import is_output, describe_difference, output_state, read_request, request_id
+from dslo.provenance import describe_difference, is_output, output_state, read_request, request_id
 
 __all__ = ["check_output_dir", "check_output_names", "ResumePlan", "plan_resume", "remove_files"]
 
@@ -115,7 +116,5 @@ def remove_files(paths: Iterable[Path | str]) -> None:
                 fs, path = remote.fs_path(str(p))
                 fs.delete_file(path)
             continue
-        try:
+        with contextlib.suppress(FileNotFoundError):
             Path(p).unlink()
-        except FileNotFoundError:
-            pass

@@ -115,7 +115,6 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
     from dslo.eval.datasets import get_dataset
     from dslo.eval.protocol import describe_segmenter, eval_request
     from dslo.eval.runner import Shard, evaluate
-
     from dslo.models.registry import logits_method
 
     ds = get_dataset(name, data_root, args.split, class_file=args.class_file)

@@ -101,15 +101,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
-    from dslo.models import create_attention_model
-    from dslo.models.registry import check_model_name
-    from dslo.models.weights import resolve_device
-    from dslo.segmenter import Segmenter
-
     from dslo.cli._args import quiet_libraries
     from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, remove_files, stale_error
     from dslo.cli.segment import OUTPUT_KINDS, check_settings
     from dslo.imageio import to_rgb_array
+    from dslo.models import create_attention_model
+    from dslo.models.registry import check_model_name
+    from dslo.models.weights import resolve_device
+    from dslo.segmenter import Segmenter
 
     classes = read_class_args(args)
     background = parse_background(args.background)

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from dslo.eval.datasets import get_dataset
     from dslo.eval.protocol import METRIC
     from dslo.eval.runner import evaluated_samples
-    from dslo.outputs import atomic_write_text
     from dslo.eval.scoring import json_ready, score_predictions
+    from dslo.outputs import atomic_write_text
 
     ds = get_dataset(args.dataset, args.data_root, args.split, class_file=args.class_file)
     samples = evaluated_samples(ds, args.limit)

@@ -14,9 +14,9 @@ import glob
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
 from dslo.imageio import IMAGE_SUFFIXES, ImageReadError, list_images
@@ -229,7 +229,6 @@ def check_settings(args: argparse.Namespace, logits: str | None, attention: str 
     from dslo.head import HeadConfig
     from dslo.models.options import check_model_options
     from dslo.presets import PRESETS
-
     from dslo.segmenter import POST_PROCESSES
 
     settings = dict(args.settings)
@@ -355,9 +354,9 @@ def segmenter_kwargs(args: argparse.Namespace, background) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dslo.classes import parse_background
     from dslo.cli._args import quiet_libraries
     from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, stale_error
-    from dslo.classes import parse_background
 
     apply_text_cache_flag(args)
     if args.background_words and str(args.background).strip().lower() != "stuff":

@@ -5,9 +5,9 @@ pairs and knows how to turn a label file into train ids (255 = ignore)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image

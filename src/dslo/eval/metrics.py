@@ -8,7 +8,8 @@ per-class IoU = ΣI / ΣU, mIoU = mean over the classes whose union is non-zero 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ class IoUAccumulator:
         self.images += 1
         return cm
 
-    def merge(self, other: "IoUAccumulator") -> "IoUAccumulator":
+    def merge(self, other: IoUAccumulator) -> IoUAccumulator:
         """Add another accumulator's counts (e.g. from another data-parallel rank)."""
         if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
             raise ValueError("cannot merge accumulators with different classes or ignore index")
@@ -161,7 +162,7 @@ class IoUAccumulator:
             "macc": _nanmean(acc),
             "iou": iou.tolist(),
             "acc": acc.tolist(),
-            "per_class": {n: float(v) for n, v in zip(names, iou)},
+            "per_class": {n: float(v) for n, v in zip(names, iou, strict=False)},
             "images": self.images,
         }
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dslo.eval.datasets import BENCHMARKS, DATASETS
 from dslo.outputs import atomic_write_text

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from dslo.outputs import atomic_write_text
 from dslo.eval.datasets import Sample, SegDataset
 from dslo.eval.protocol import request_key
 from dslo.eval.report import write_report
@@ -25,6 +25,7 @@ from dslo.eval.scoring import (
     score_sample,
     write_prediction,
 )
+from dslo.outputs import atomic_write_text
 
 PRED_DIR = "pred"
 REQUEST_FILE = "request.json"
@@ -48,7 +49,7 @@ class Shard:
         return list(samples[self.rank :: self.world_size])
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Shard":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
         """``RANK`` / ``WORLD_SIZE`` as set by ``torchrun`` (single process when absent)."""
         env = os.environ if env is None else env
         try:
@@ -112,7 +113,7 @@ def predict_many(segmenter: Any, samples: Sequence[Sample], classes, background,
         results = segmenter.predict_batch(images, classes, background=background)
     else:
         results = [segmenter.predict(images[0], classes, background=background)]
-    return [_checked_labels(r, im, num_classes) for r, im in zip(results, images)]
+    return [_checked_labels(r, im, num_classes) for r, im in zip(results, images, strict=False)]
 
 
 def _checked_labels(result: Any, image: np.ndarray, num_classes: int) -> np.ndarray:
@@ -177,7 +178,7 @@ def run_shard(
             fresh: dict[str, np.ndarray] = {}
             if todo:
                 t0 = time.perf_counter()
-                for s, labels in zip(todo, predict_many(segmenter, todo, classes, background, dataset.num_classes)):
+                for s, labels in zip(todo, predict_many(segmenter, todo, classes, background, dataset.num_classes), strict=False):
                     write_prediction(prediction_path(pred_dir, s.stem), labels)
                     fresh[s.stem] = labels
                 seconds += time.perf_counter() - t0

@@ -146,7 +146,7 @@ class HeadConfig:
         """The setting names, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    def replace(self, **settings: Any) -> "HeadConfig":
+    def replace(self, **settings: Any) -> HeadConfig:
         """A copy with ``settings`` changed; an unknown name is a :class:`SettingsError` that
         suggests the closest one."""
         check_known("head", settings, self.fields())

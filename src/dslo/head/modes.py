@@ -8,8 +8,8 @@ this table, so a new mode is one entry here (see docs/architecture.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -19,8 +19,8 @@ from .config import HeadConfig
 from .transport import ipf, optimal_path
 from .velocity import kl_map, maximum_velocity
 
-MatrixFn = Callable[[torch.Tensor, HeadConfig], Optional[torch.Tensor]]
-DiscrepancyFn = Callable[[torch.Tensor, Optional[torch.Tensor], HeadConfig], torch.Tensor]
+MatrixFn = Callable[[torch.Tensor, HeadConfig], torch.Tensor | None]
+DiscrepancyFn = Callable[[torch.Tensor, torch.Tensor | None, HeadConfig], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ naive per-pixel loop in the tests is the reference.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

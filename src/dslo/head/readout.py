@@ -20,7 +20,7 @@ upsampling), noisy evidence hands the decision to the attention.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ def check_fusion_rule(thresholds: Sequence[float], levels: Sequence[float]) -> N
     t, lv = list(thresholds), list(levels)
     if len(lv) != len(t) + 1:
         raise ValueError(f"fusion levels need one more entry than thresholds: {len(t)} thresholds, {len(lv)} levels")
-    if any(b <= a for a, b in zip(t, t[1:])):
+    if any(b <= a for a, b in zip(t, t[1:], strict=False)):
         raise ValueError(f"fusion thresholds must ascend, got {t}")
     if any(not x >= 0 for x in lv):
         raise ValueError(f"fusion levels must be >= 0, got {lv}")

@@ -12,8 +12,17 @@ import torch.nn.functional as F
 from ._checks import as_float, check_finite, check_square
 from .config import HeadConfig
 from .modes import MODES, discrepancy, get_mode, transport_matrix
-from .readout import (FUSION_RECOVER, FUSION_RULE, candidate_classes, class_argmax, evidence_margin, fuse, fusion_step,
-                      fusion_weight, normalize_maps)
+from .readout import (
+    FUSION_RECOVER,
+    FUSION_RULE,
+    candidate_classes,
+    class_argmax,
+    evidence_margin,
+    fuse,
+    fusion_step,
+    fusion_weight,
+    normalize_maps,
+)
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 

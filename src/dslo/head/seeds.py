@@ -81,7 +81,7 @@ def early_rejection(
     keep2 = keep.reshape(K, -1)
     alive = keep2.any(dim=1)
     kept = torch.nonzero(alive).flatten()
-    if top_k is not None and K > top_k_above and kept.numel() > top_k:
+    if top_k is not None and top_k_above < K and kept.numel() > top_k:
         conf = class_confidence(logits, keep2, scale)[kept]
         order = torch.topk(conf, top_k).indices
         kept = kept[order].sort().values

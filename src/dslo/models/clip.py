@@ -11,8 +11,9 @@ length, so a batch carries little padding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,14 @@ import torch
 from dslo.classes import normalize_classes  # the one meaning of a class list
 from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
+from dslo.models.clip_methods import (
+    POS_INTERP,
+    SPECS,
+    check_method,
+    compute_proxy_features,
+    interpolate_positions,
+    last_block,
+)
 from dslo.models.common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -30,16 +39,15 @@ from dslo.models.common import (
     patch_affinity,
     pixel_tensor,
 )
-from dslo.models.clip_methods import (
-    POS_INTERP,
-    SPECS,
-    check_method,
-    compute_proxy_features,
-    interpolate_positions,
-    last_block,
-)
 from dslo.models.templates import IMAGENET_TEMPLATES
-from dslo.models.weights import WeightsNotFoundError, check_model_folder, locate, read_json, resolve_dtype, weights_error
+from dslo.models.weights import (
+    WeightsNotFoundError,
+    check_model_folder,
+    locate,
+    read_json,
+    resolve_dtype,
+    weights_error,
+)
 
 __all__ = ["ClipSettings", "ClipLogitsModel", "ClipAttentionSource", "load_clip", "load_clip_attention",
            "normalize_classes"]
@@ -117,7 +125,7 @@ class ClipLogitsModel:
         return (f"ClipLogitsModel({self.name!r}, {last}, pos_interp={s.pos_interp!r}, short_side={s.short_side}, "
                 f"device={self.device}, dtype={self.dtype})")
 
-    def with_settings(self, **overrides: Any) -> "ClipLogitsModel":
+    def with_settings(self, **overrides: Any) -> ClipLogitsModel:
         """A model sharing these weights with some settings changed (no reload), for ablations."""
         check_settings(f"logits model '{self.name}'", overrides, CLIP_SETTINGS)
         if "dtype" in overrides:
@@ -305,7 +313,7 @@ class ClipLogitsModel:
         """Per name, the normalised mean of its normalised template embeddings (computed)."""
         t = self.settings.templates
         emb = self._encode_texts([tpl.format(n) for n in names for tpl in t]).view(len(names), len(t), -1)
-        return dict(zip(names, torch.nn.functional.normalize(emb.mean(1), dim=-1)))
+        return dict(zip(names, torch.nn.functional.normalize(emb.mean(1), dim=-1), strict=False))
 
     def text_key(self) -> str:
         """The identity of this model's text embeddings: weights (Hub id@commit, a digest of the
@@ -477,7 +485,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
 
 
 def load_clip_attention(name: str, source: str | None, *, device: torch.device, clip: Any = None,
-                        variant: str = "qk", **overrides: Any) -> "ClipAttentionSource":
+                        variant: str = "qk", **overrides: Any) -> ClipAttentionSource:
     """CLIP's own attention as an attention source. ``clip``: a loaded :class:`ClipLogitsModel`
     (shared as it is: one tower in memory), or a registry key / directory / Hub id of a CLIP
     (default: ``source``, else ``clip-b16``) loaded with ``overrides``."""

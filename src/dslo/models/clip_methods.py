@@ -28,8 +28,9 @@ size, sliding window, PAMR) are in :data:`PROTOCOLS`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

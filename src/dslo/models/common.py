@@ -5,7 +5,8 @@ pass (CLIP logits and CLIP attention) run it once."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,10 +106,7 @@ def patch_affinity(
     if attn.ndim != 3 or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(f"attention must be (heads, T, T); got {tuple(attn.shape)}")
     a = attn.float()
-    if head_weights is None:
-        a = a.mean(0)
-    else:
-        a = torch.einsum("h,hij->ij", head_weights.to(a), a)
+    a = a.mean(0) if head_weights is None else torch.einsum("h,hij->ij", head_weights.to(a), a)
     a = a[num_prefix:, num_prefix:]
     # clamp: a row whose mass sat entirely on CLS/registers would otherwise divide by zero
     return a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)

@@ -6,7 +6,8 @@ runtime-checkable): the registry's models, the colour stand-ins of the tests, yo
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, Tuple, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,7 +32,7 @@ class LogitsModel(Protocol):
 class AttentionSource(Protocol):
     """Patch affinities from a vision model's self-attention."""
 
-    def affinity(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``image`` as for :meth:`LogitsModel.logits`. Returns ``(A, (h, w))``: ``A`` ``(N, N)``
         float32, non-negative, rows summing to 1, ``N = h·w`` patches in row-major order."""
         ...

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD, check_settings
+from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.weights import WeightsNotFoundError, cache_dir, resolve_dtype
 
 __all__ = ["onnx_path", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]

@@ -18,8 +18,9 @@ a local diffusers directory with ``unet/``, ``vae/``, ``text_encoder/``, ``token
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -256,7 +257,7 @@ class Sd2AttentionSource:
         out = []
         for b in range(len(images)):
             A = None
-            for path, w in zip(self.settings.layers, self._weights):
+            for path, w in zip(self.settings.layers, self._weights, strict=False):
                 group = [_upsample_attention(maps[k][b], side) for k in self.keys[path]]
                 part = w * torch.stack(group).mean(0)
                 A = part if A is None else A + part
@@ -298,9 +299,9 @@ def load_sd2(name: str, source: str | None, *, device: torch.device, model_id: s
         from diffusers import AutoencoderKL, UNet2DConditionModel
     except ImportError as exc:
         raise ImportError("the 'sd2' attention source needs diffusers: pip install 'dslo[sd2]'") from exc
-    from transformers import AutoTokenizer, CLIPTextModel
-
     import importlib.util
+
+    from transformers import AutoTokenizer, CLIPTextModel
 
     # Without accelerate diffusers warns on every load; ask for what it would fall back to anyway.
     low_mem = importlib.util.find_spec("accelerate") is not None

@@ -22,12 +22,13 @@ safetensors bytes: a driver can embed once and hand the result to workers
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -178,7 +179,7 @@ class TextEmbeddings:
             raise ValueError(f"vectors {tuple(self.vectors.shape)} do not fit {len(self.names)} names")
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.vectors))
+        return dict(zip(self.names, self.vectors, strict=False))
 
     def to_bytes(self) -> bytes:
         """safetensors bytes (names and key in the metadata): safe to send to another process."""
@@ -188,7 +189,7 @@ class TextEmbeddings:
         return save({"vectors": self.vectors.to("cpu", torch.float32).contiguous()}, metadata=meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "TextEmbeddings":
+    def from_bytes(cls, data: bytes) -> TextEmbeddings:
         import safetensors
         from safetensors.torch import load
 
@@ -245,10 +246,8 @@ class TextEmbeddingCache:
         if v.ndim != 1 or v.dtype != torch.float32 or (dim is not None and v.numel() != dim) \
                 or not bool(torch.isfinite(v).all()):
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path)  # least recently *used* goes first when the cache is pruned
-        except OSError:
-            pass
         return v
 
     def get_many(self, names: Iterable[str], dim: int | None = None) -> dict[str, torch.Tensor]:

@@ -14,8 +14,9 @@ eager-attention forward of every block replaced by SDPA, minus the last block's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -204,7 +205,7 @@ class VitAttentionSource:
         per_layer = self.attention(x)
         lw = self.settings.layer_weights or (1.0,) * len(per_layer)
         total = sum(lw)
-        combined = sum(w / total * a for w, a in zip(lw, per_layer))
+        combined = sum(w / total * a for w, a in zip(lw, per_layer, strict=False))
         A = torch.stack([patch_affinity(c[None], num_prefix=self.num_prefix) for c in combined])
         if A.shape[-1] != grid[0] * grid[1]:
             raise RuntimeError(f"attention has {A.shape[-1]} patch tokens but the grid is {grid}; "

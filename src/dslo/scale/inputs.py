@@ -8,9 +8,9 @@ discovery, so both engines name outputs identically.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from dslo import remote
 from dslo.imageio import IMAGE_SUFFIXES

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 
 import torch
 
@@ -96,4 +96,4 @@ def vocabulary_embeddings(preset: str, kwargs: dict, classes: Sequence[Sequence[
     groups = normalize_classes(query_classes(classes, kwargs["background"]))
     names = list(dict.fromkeys(n for g in groups for n in g))
     emb = model.text_embeddings(names).cpu()
-    return dict(zip(names, emb))
+    return dict(zip(names, emb, strict=False))

@@ -116,11 +116,11 @@ class SegmentWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows: dict[str, list] = {k: [] for k in ROW_KEYS}
-        for name, stem, data, error in zip(batch["name"], batch["stem"], batch["data"], batch["error"]):
+        for name, stem, data, error in zip(batch["name"], batch["stem"], batch["data"], batch["error"], strict=False):
             started, t0 = time.time(), time.perf_counter()
             status, err, rec = self._one(str(name), str(stem), bytes(data), str(error))
             for key, value in zip(ROW_KEYS, (str(stem), str(name), status, err, self.name, started,
                                              time.perf_counter() - t0,
-                                             getattr(self.seg.logits_model, "texts_encoded", 0), rec)):
+                                             getattr(self.seg.logits_model, "texts_encoded", 0), rec), strict=False):
                 rows[key].append(value)
         return rows
