@@ -7,7 +7,14 @@ created by name. Knows nothing of the head, the CLI or datasets (see docs/archit
 
 from __future__ import annotations
 
-from dslo.models.contracts import AttentionSource, LogitsModel
+from dslo.models.contracts import (
+    AttentionSource,
+    BatchedAffinity,
+    BatchedLogits,
+    DenseFeatures,
+    LogitsModel,
+    TextEmbeddings,
+)
 from dslo.models.registry import (
     check_model_name,
     create_attention_model,
@@ -21,7 +28,11 @@ from dslo.models.weights import WeightsNotFoundError, cache_dir
 
 __all__ = [
     "AttentionSource",
+    "BatchedAffinity",
+    "BatchedLogits",
+    "DenseFeatures",
     "LogitsModel",
+    "TextEmbeddings",
     "WeightsNotFoundError",
     "check_model_name",
     "register_attention",

@@ -392,16 +392,26 @@ class ClipLogitsModel:
 
     def logits_batch(self, images: Sequence[Any], classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """``(B, K, h, w)``: :meth:`logits` of images of one input size, one vision forward."""
-        if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
-            raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
-                             f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
+        self._check_classes(classes)
+        return self.class_scores(self.dense_features_batch(images), classes)
+
+    def class_scores(self, features: torch.Tensor, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
+        """``features (..., h, w, D)`` from :meth:`dense_features` → ``(..., K, h, w)`` cosine
+        similarities, a class's score the max over its synonyms. The text side alone: no vision
+        layer runs, so one encoding is scored against any number of class lists."""
+        self._check_classes(classes)
         groups = normalize_classes(classes)
         names = list(dict.fromkeys(n for g in groups for n in g))
         index = {n: i for i, n in enumerate(names)}
         text = self.text_embeddings(names)  # (Q, D)
-        feats = self.dense_features_batch(images)  # (B, h, w, D)
-        per_query = torch.einsum("qd,bhwd->bqhw", text, feats)
-        return torch.stack([per_query[:, [index[n] for n in g]].amax(1) for g in groups], dim=1)
+        per_query = torch.einsum("qd,...hwd->...qhw", text, features.to(text.device, text.dtype))
+        return torch.stack([per_query[..., [index[n] for n in g], :, :].amax(-3) for g in groups], dim=-3)
+
+    @staticmethod
+    def _check_classes(classes: object) -> None:
+        if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
+            raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
+                             f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
 
 
 class ClipAttentionSource:
