@@ -74,9 +74,9 @@ def load_logits(path: str | Path):
 
 
 def _digest(path: Path) -> str:
-    import hashlib
+    from dslo.hashing import file_digest
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
+    return file_digest(path)[:20]
 
 
 def register(subparsers) -> None:

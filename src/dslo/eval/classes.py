@@ -4,12 +4,12 @@ the one class parser, :func:`dslo.classes.parse_class_lines`."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 
 from dslo.classes import parse_class_lines, read_classes_file
+from dslo.hashing import file_digest
 
 __all__ = ["builtin_class_files", "file_sha256", "parse_class_lines", "read_class_file", "resolve_class_file"]
 
@@ -47,4 +47,4 @@ def read_class_file(name_or_path: str | os.PathLike) -> list[list[str]]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_digest(path)

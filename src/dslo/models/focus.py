@@ -16,7 +16,6 @@ Reshape shapes; the LayerNorm epsilon from the decomposed LayerNorm.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dslo.hashing import file_digest
 from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD, check_settings
 from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.weights import WeightsNotFoundError, cache_dir, resolve_dtype
@@ -62,11 +62,7 @@ def onnx_path() -> Path:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_digest(path)[:16]
 
 
 def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dslo.hashing import file_digest, text_digest
 from dslo.models.weights import cache_dir
 
 __all__ = [
@@ -75,12 +76,7 @@ def max_cache_bytes() -> int:
     return max(0, int(mb * 2**20))
 
 
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
+_digest = text_digest
 
 
 def templates_key(templates: Sequence[str]) -> str:
@@ -104,11 +100,7 @@ def _file_digest(path: Path) -> str:
             return text
     except OSError:
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_digest(path)
     try:
         from dslo.outputs import atomic_write_text
 
