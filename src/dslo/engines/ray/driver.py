@@ -1,10 +1,11 @@
-"""The driver of ``dslo segment --engine ray``.
+"""The Ray engine's driver: the local engine's job on a Ray cluster.
 
-Inputs are listed and finished images dropped here, before Ray starts or any model loads; the
-vocabulary's text embeddings are computed once and put in the object store; then a Ray Data
-pipeline reads the images' bytes (tasks) and segments them on a fixed pool of actors, one
-segmenter each, which write their outputs with the local engine's writer. The driver consumes the
-stream of per-image rows for the progress bar, the failures file, parquet parts and the summary.
+Finished images are dropped here, before Ray starts or any model loads; the vocabulary's text
+embeddings are computed once and put in the object store; then a Ray Data pipeline reads the
+images' bytes (tasks) and segments them on a fixed pool of actors, one segmenter each, running the
+engines' per-image step (:mod:`dslo.engines.step`: the local engine's failure policy and writer).
+The driver consumes the stream of per-image rows for the progress bar, the failures file, parquet
+parts and the summary.
 
 A worker that dies is restarted by Ray and its unfinished batch is run again (Ray Data's actor
 pools retry tasks); images of that batch whose outputs an earlier attempt already wrote are
@@ -13,23 +14,39 @@ recognised and not computed or written again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dslo import remote
-from dslo.outputs import atomic_write_text
+from dslo.engines.plan import check_output_location, plan_resume, stale_error
+from dslo.engines.step import Outcome
+from dslo.engines.summary import Logger, RunSummary, write_failures
+from dslo.inputs import InputItem
+from dslo.request import SegmentRequest
 
-ENGINES = ("local", "ray")
-FAILURES_FILE = "dslo-failures.jsonl"
+__all__ = ["INSTALL_HINT", "RayOptions", "run_ray"]
+
 INSTALL_HINT = ('--engine ray needs Ray Data, which is not installed; install it with '
                 'pip install "dslo[ray]" (or pip install "ray[data]")')
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``address``: the cluster to join (None: ``$RAY_ADDRESS``, else a Ray started for the run);
+    ``workers``: actors, each with its own segmenter (None: one per GPU, else 1);
+    ``gpus_per_worker`` (None: 1 when the cluster has GPUs, else 0); ``cpus_per_worker`` (None: 1
+    with GPUs; without, an equal share of the cluster's CPUs less one for reading, at least 0.5)."""
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
 
 
 @dataclass
@@ -59,43 +76,6 @@ class WorkerStats:
                 f"{span:.1f} s, {self.texts} text embedding(s) computed on the worker")
 
 
-def _positive_float(text: str) -> float:
-    x = float(text)
-    if not (x >= 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return x
-
-
-def _positive_int(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return n
-
-
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine (see docs/scale.md)")
-    g.add_argument("--engine", choices=ENGINES, default="local",
-                   help="local: this process (default); ray: a Ray cluster (pip install \"dslo[ray]\")")
-    g.add_argument("--address", metavar="ADDR",
-                   help="Ray cluster to join: auto (the running local cluster) or ray://HOST:PORT; "
-                        "default: $RAY_ADDRESS, else a Ray started for this run")
-    g.add_argument("--workers", type=_positive_int, metavar="N",
-                   help="Ray actors, each with its own segmenter (default: one per GPU of the "
-                        "cluster, else 1)")
-    g.add_argument("--gpus-per-worker", type=_positive_float, metavar="F",
-                   help="GPUs per actor, fractions allowed (default 1 when the cluster has GPUs, else 0)")
-    g.add_argument("--cpus-per-worker", type=_positive_float, metavar="F",
-                   help="CPUs per actor (default: 1 with GPUs; without, an equal share of the "
-                        "cluster's CPUs less one for reading, at least 0.5)")
-    g.add_argument("--format", choices=("files", "parquet"), default="files",
-                   help="files: the --save outputs per image (default); parquet: one row per image "
-                        "with path, size, class names and RLE segments (--engine ray)")
-
-
-# ------------------------------------------------------------------------------------------------
-
-
 def _import_ray():
     try:
         import ray
@@ -123,14 +103,14 @@ def _start_ray(ray, address: str | None) -> tuple[bool, float]:
     return True, time.perf_counter() - t0
 
 
-def _resources(ray, args) -> tuple[int, float, float]:
+def _resources(ray, opts: RayOptions) -> tuple[int, float, float]:
     """→ (workers, GPUs per worker, CPUs per worker) from the options and the cluster."""
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
-    gpw = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if gpus else 0.0)
-    workers = args.workers or (max(1, int(gpus // gpw)) if gpw else 1)
-    if args.cpus_per_worker is not None:
-        cpw = args.cpus_per_worker
+    gpw = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    workers = opts.workers or (max(1, int(gpus // gpw)) if gpw else 1)
+    if opts.cpus_per_worker is not None:
+        cpw = opts.cpus_per_worker
     elif gpw:
         cpw = 1.0
     else:
@@ -139,129 +119,102 @@ def _resources(ray, args) -> tuple[int, float, float]:
     return workers, gpw, cpw
 
 
-def _print(msg: str, bar=None) -> None:
-    if bar is not None and not bar.disable:
-        bar.write(msg, file=sys.stderr)
-    else:
-        print(msg, file=sys.stderr)
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
-def _write_failures(out, failures: list[tuple[str, str]]) -> str | None:
-    """``dslo-failures.jsonl`` (one ``{"image", "error"}`` per line) under the output, replaced
-    on every run; removed when a run has no failures."""
-    loc = remote.join(str(out), FAILURES_FILE) if remote.is_uri(out) else Path(out) / FAILURES_FILE
-    if failures:
-        atomic_write_text(loc, "".join(json.dumps({"image": i, "error": e}, ensure_ascii=False) + "\n"
-                                       for i, e in failures))
-        return str(loc)
-    if isinstance(loc, Path):
-        loc.unlink(missing_ok=True)
-    elif remote.exists(loc):
-        fs, path = remote.fs_path(loc)
-        fs.delete_file(path)
-    return None
+def run_ray(request: SegmentRequest, items: Sequence[InputItem], options: RayOptions = RayOptions(), *,
+            progress: bool = True, log: Logger = _stderr) -> RunSummary:
+    """The local engine's job (:func:`dslo.engines.local.run_local`) on Ray: the same outputs,
+    byte for byte, plus ``--format parquet`` rows. Fails at once, with the install command, when
+    Ray is missing."""
+    import dslo.engines.ray.parquet as parquet
 
-
-def run_ray(args: argparse.Namespace, classes: list, kwargs: dict, request: dict | None = None) -> int:
-    """``dslo segment`` on Ray (``args`` from the segment parser, ``kwargs`` for
-    ``create_segmenter``, ``request`` the record of what the outputs are made by, as the local
-    engine stamps it). Returns the exit code: 1 when an image failed or an input was bad."""
-    from dslo.scale import parquet, plan
-    from dslo.scale.inputs import discover
-
-    if args.engine != "ray":
-        raise ValueError("--format parquet needs --engine ray")
+    out = request.output
+    if out is None:
+        raise ValueError("the Ray engine writes files: the request needs output options")
     ray = _import_ray()  # at once: no listing, no model before saying Ray is missing
-    out = args.output
-    if isinstance(out, Path) and out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} exists and is not a folder")
-    kinds = tuple(args.save)
-    items, errors = discover(args.inputs, exclude=out)
-    for e in errors:
-        print(f"dslo segment: {e}", file=sys.stderr)
-    if not items:
-        print("dslo segment: no images to process", file=sys.stderr)
-        return 1
-
+    check_output_location(out.location)
+    if isinstance(out.location, Path):  # absolute: a worker's working folder is not the driver's
+        request = request.replace(output=replace(out, location=out.location.resolve()))
+        out = request.output
+        assert out is not None
+    summary = RunSummary(total=len(items))
     t_start = time.perf_counter()
-    files = plan.existing_files(out)
-    old_parts = parquet.part_files(out, files) if args.format == "parquet" else []
-    if args.overwrite:
-        done: set[str] = set()
-        parquet.delete(old_parts)
-    elif args.format == "parquet":
-        done = parquet.read_stems(old_parts)
-    else:
-        done = plan.finished_stems(items, out, kinds, request)
-    todo = [it for it in items if it.stem not in done]
-    stats = {"done": 0, "skipped": len(items) - len(todo), "failed": 0}
-    failures: list[tuple[str, str]] = []
-    per_worker: dict[str, WorkerStats] = defaultdict(WorkerStats)
-    startup = elapsed = 0.0
-    writer = parquet.PartWriter(out) if args.format == "parquet" else None
+    from dslo.engines.plan import existing_files
 
+    old_parts = parquet.part_files(out.location, existing_files(out.location)) if out.format == "parquet" else []
+    if out.format == "parquet":
+        if out.overwrite:
+            parquet.delete(old_parts)
+        done = set() if out.overwrite else parquet.read_stems(old_parts)
+        todo = [it for it in items if it.stem not in done]
+    else:
+        plan = plan_resume(items, out.location, out.kinds, request.record(), overwrite=out.overwrite)
+        if plan.stale:
+            raise stale_error(plan, len(items), out.location)
+        todo = plan.todo
+    summary.skipped = len(items) - len(todo)
+    startup = 0.0
+    per_worker: dict[str, WorkerStats] = defaultdict(WorkerStats)
+    writer = parquet.PartWriter(out.location) if out.format == "parquet" else None
     if todo:  # a finished rerun starts neither Ray nor a model
+        from dslo.engines.ray.vocabulary import vocabulary_embeddings
+
         # Before Ray starts: a missing CLIP fails here, in seconds, with its message.
-        embeddings = plan.vocabulary_embeddings(args.model, kwargs, classes)
-        started_here, startup = _start_ray(ray, args.address)
+        embeddings = vocabulary_embeddings(request)
+        started_here, startup = _start_ray(ray, options.address)
         try:
-            _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stats,
-                          failures, per_worker, writer, request)
+            pipeline_start = _pipeline_run(ray, request, options, todo, embeddings, summary, per_worker,
+                                           writer, progress, log)
         finally:
             if writer is not None:
                 writer.flush()
             if started_here:
                 ray.shutdown()
-        elapsed = time.perf_counter() - t_start - startup
-    failures_at = _write_failures(out, failures)
-
-    n = stats["done"] + stats["failed"]
-    rate = ""
-    if n:
+    summary.seconds = time.perf_counter() - t_start - startup
+    if todo:
         first = min((w.first for w in per_worker.values()), default=math.inf)
-        ready = (f", first image started after {first - stats['pipeline_start']:.1f} s"
-                 if first < math.inf else "")
-        rate = f", {n / elapsed:.2f} img/s ({elapsed:.1f} s; Ray start-up {startup:.1f} s{ready})"
-    print(f"dslo segment: {len(items)} image(s): {stats['done']} segmented, {stats['skipped']} "
-          f"already done (skipped), {stats['failed']} failed{rate} -> {out}", file=sys.stderr)
-    for name, w in sorted(per_worker.items()):
-        print(f"  worker {name}: {w.describe()}", file=sys.stderr)
-    if failures_at:
-        print(f"failed: {', '.join(i for i, _ in failures)} (reasons in {failures_at})", file=sys.stderr)
-    return 1 if failures or errors else 0
+        ready = f", first image started after {first - pipeline_start:.1f} s" if first < math.inf else ""
+        n = summary.done + len(summary.failed)
+        summary.timing = f"{n / summary.seconds:.2f} img/s ({summary.seconds:.1f} s; Ray start-up {startup:.1f} s{ready})"
+    summary.failures_file = write_failures(out.location, summary.failed)
+    summary.notes += [f"worker {name}: {w.describe()}" for name, w in sorted(per_worker.items())]
+    return summary
 
 
-def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stats, failures,
-                  per_worker, writer, request=None) -> None:
+def _pipeline_run(ray, request: SegmentRequest, options: RayOptions, todo: list[InputItem], embeddings,
+                  summary: RunSummary, per_worker: dict[str, WorkerStats], writer, progress: bool,
+                  log: Logger) -> float:
+    """Run the Ray Data pipeline over ``todo``; fills ``summary`` and ``per_worker``; returns the
+    driver's clock when models and workers started."""
     from tqdm.auto import tqdm
 
-    from dslo.scale.worker import Job, SegmentWorker, read_sources
+    from dslo.engines.ray.worker import Job, SegmentWorker, read_sources
 
-    stats["pipeline_start"] = time.time()  # models and workers start from here
+    pipeline_start = time.time()  # models and workers start from here
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is the one bar
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-    workers, gpw, cpw = _resources(ray, args)
+    workers, gpw, cpw = _resources(ray, options)
 
     emb_ref = ray.put(embeddings) if embeddings else None  # one copy, read by every worker
-    # Absolute: a worker's working folder is not the driver's.
-    where = out.resolve() if isinstance(out, Path) else out
-    job = Job(args.model, kwargs, classes, where, kinds, args.format, args.overwrite, request=request)
-
+    job = Job(request)
+    B = request.batch_size
     # Blocks small enough to spread over the workers and to stream, large enough not to drown
     # a million-image run in tasks.
-    per_block = max(args.batch_size, min(256, math.ceil(len(todo) / (workers * 8))))
+    per_block = max(B, min(256, math.ceil(len(todo) / (workers * 8))))
     rows = [{"source": it.source, "name": it.name, "stem": it.stem} for it in todo]
     ds = (ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
           .map_batches(read_sources, batch_size=None, num_cpus=0.25)
           .map_batches(SegmentWorker, fn_constructor_args=(job, emb_ref),
-                       compute=ray.data.ActorPoolStrategy(size=workers), batch_size=args.batch_size,
+                       compute=ray.data.ActorPoolStrategy(size=workers), batch_size=B,
                        num_gpus=gpw or None, num_cpus=cpw))
 
     seen: set[str] = set()
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=True if args.quiet else None)
+               disable=None if progress else True)
     try:
         for row in ds.iter_rows():
             stem = row["stem"]
@@ -270,11 +223,10 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stat
             seen.add(stem)
             per_worker[row["worker"]].add(row)
             if row["status"] == "failed":
-                stats["failed"] += 1
-                failures.append((row["image"], row["error"]))
-                _print(f"dslo segment: failed {row['image']}: {row['error']}", bar)
+                summary.failed.append((row["image"], row["error"]))
+                log(Outcome("failed", row["error"], bool(row["unreadable"])).describe(row["image"]))
             else:
-                stats["done"] += 1
+                summary.done += 1
                 if writer is not None and row["record"]:
                     writer.add(json.loads(row["record"]))
             bar.update(1)
@@ -284,5 +236,5 @@ def _pipeline_run(ray, args, classes, kwargs, out, kinds, todo, embeddings, stat
         bar.close()
     for it in todo:  # never silently lost
         if it.stem not in seen:
-            stats["failed"] += 1
-            failures.append((it.name, "no result came back from the Ray workers"))
+            summary.failed.append((it.name, "no result came back from the Ray workers"))
+    return pipeline_start
