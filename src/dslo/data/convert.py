@@ -111,11 +111,16 @@ def context_mask(height: int, width: int, anns: Sequence[tuple[int, dict]], wher
     ``anns``: ``(category_id, segmentation RLE)`` in the order of the JSON's
     ``annos_segmentation``. Returns ``(height, width)`` uint8.
     """
+    import warnings
+
     from pycocotools import mask as mask_utils
 
     mask = np.zeros((height, width), dtype=np.int64)
     for category, rle in anns:
-        m = mask_utils.decode(rle)
+        with warnings.catch_warnings():
+            # pycocotools' Cython decode trips NumPy 2's copy-keyword deprecation; harmless here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rle)
         mask[np.nonzero(m)] = category
     values = np.unique(mask)
     unknown = values[~np.isin(values, CONTEXT_CLASS_IDS)]

@@ -168,8 +168,10 @@ def _context_plan(root: Path):
 
     def write_lists() -> None:
         for split, stems in splits.items():
-            atomic_write_text(devkit / "ImageSets" / "SegmentationContext" / f"{split}.txt",
-                              "".join(s + "\n" for s in sorted(stems)))
+            path = devkit / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+            text = "".join(s + "\n" for s in sorted(stems))
+            if not path.is_file() or path.read_text() != text:  # idempotent: same list, untouched
+                atomic_write_text(path, text)
 
     return tasks, write_lists
 
