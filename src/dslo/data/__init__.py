@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dslo.data.catalogue import ARCHIVES, SOURCES, Archive, Source, resolve, with_archives
-from dslo.data.download import DownloadReport, download, is_done
+from dslo.data.downloader import DownloadReport, download, is_done
 from dslo.data.extract import UnsafeArchiveError
 from dslo.data.fetch import ChecksumError, DataError
 from dslo.data.prepare import PrepareReport, check_counts, prepare
