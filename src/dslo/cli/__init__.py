@@ -21,6 +21,7 @@ _SUBCOMMANDS = [
     "dslo.cli.evaluate",
     "dslo.cli.app",
     "dslo.cli.cache",
+    "dslo.cli.data",
 ]
 
 
