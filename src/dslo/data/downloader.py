@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dslo.data import account
+import dslo.data.account as account
 from dslo.data.catalogue import ARCHIVES, Archive, Source, resolve
 from dslo.data.extract import extract
 from dslo.data.fetch import DataError, check_free_space, fetch, verify

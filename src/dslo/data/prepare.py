@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from dslo.data import convert
+import dslo.data.convert as convert
 from dslo.data.catalogue import Source, resolve
 from dslo.data.fetch import DataError
 from dslo.outputs import atomic_write_text
