@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="the dataset's folder (with --dataset all: the folder holding VOCdevkit/, "
                         "coco_stuff164k/, ADEChallengeData2016/, cityscapes/)")
     p.add_argument("--split", default=None, help="split (default: val; CamVid: test)")
-    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--output", "-o", type=Path, metavar="DIR",
+                   help="output folder (default runs/PRESET, or runs/PRESET-DATASET for one benchmark)")
     p.add_argument("--model", default="default", metavar="PRESET",
                    help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
     p.add_argument("--logits", metavar="NAME|DIR",
@@ -179,7 +180,12 @@ def _run(args: argparse.Namespace) -> int:
     from dslo.eval.runner import Shard
     from dslo.outputs import atomic_write_text
 
-    if args.dataset.strip().lower() != "all":
+    one = args.dataset.strip().lower() != "all"
+    if args.output is None:  # runs/<preset>[-<dataset>]: a folder name from the request, said aloud
+        label = Path(str(args.model)).name + ("" if not one else f"-{canonical_name(args.dataset)}")
+        args.output = Path("runs") / label
+        print(f"dslo eval: writing to {args.output} (--output chooses another folder)", file=sys.stderr)
+    if one:
         evaluate_one(args, canonical_name(args.dataset), args.data_root, args.output)
         return 0
 
