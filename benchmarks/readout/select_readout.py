@@ -6,9 +6,9 @@ records the image's confusion matrix for a grid of fixed λ values, plus the per
 statistics a λ rule may use. Rules are then scored offline by summing the chosen per-image
 confusions, so a rule's mIoU on a half costs no head run.
 
-    python benchmarks/select_readout.py --images 60 --out /tmp/sel.pkl     # record
-    python benchmarks/select_readout.py --load /tmp/sel.pkl                # choose + report
-    python benchmarks/select_readout.py --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
+    python -m benchmarks.readout.select_readout --images 60 --out /tmp/sel.pkl     # record
+    python -m benchmarks.readout.select_readout --load /tmp/sel.pkl                # choose + report
+    python -m benchmarks.readout.select_readout --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
 
 Results: docs/benchmarks.md §1b ("A head that does not lose") and benchmarks/results/select_readout.md.
 """
@@ -25,20 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import (  # noqa: E402
+from benchmarks.common import (
     DATASET_DIRS,
     DEFAULT_DATA_ROOT,
     AttentionCache,
     atomic_write_bytes,
-    atomic_write_text,  # noqa: E402
+    atomic_write_text,
     spaced_subset,
 )
-from refine_real import Item, _item, evidence_for, jbu_baseline, make_probe  # noqa: E402
-
-from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.head import (  # noqa: E402
+from benchmarks.refine_real import Item, evidence_for, jbu_baseline, load_item, make_probe
+from dslo.eval.datasets import get_dataset
+from dslo.head import (
     HeadConfig,
     candidate_classes,
     class_argmax,
@@ -48,7 +45,7 @@ from dslo.head import (  # noqa: E402
     normalize_maps,
     seed_classes,
 )
-from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight  # noqa: E402
+from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight
 
 # fixed λ, recorded per image so that any rule choosing λ from this grid per image (e.g. a step
 # function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
@@ -66,7 +63,7 @@ def default_tags() -> tuple[str, ...]:
 
 def record_evidence(it: Item, strength: str, probe=None) -> torch.Tensor:
     """The ``(K, h, w)`` evidence the records are made from: the seeded synthetic strength (seed 0),
-    or the linear probe's (``probe``: :func:`refine_real.make_probe`'s, for ``"probe"``)."""
+    or the linear probe's (``probe``: :func:`benchmarks.refine_real.make_probe`'s, for ``"probe"``)."""
     return probe.evidence(it.index) if strength == "probe" else evidence_for(it, strength, 0)
 
 
@@ -159,9 +156,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
 
 
 def _wait_cached(cache: AttentionCache, image: np.ndarray) -> None:
-    from _bench import _image_digest
-
-    path = cache.dir / f"{_image_digest(image)}.feat.npz"
+    path = cache.path(image, features=True)
     while not path.is_file():
         time.sleep(5)
 
@@ -501,7 +496,7 @@ def verify(rec: dict, n: int, seed: int = 0) -> list[str]:
     lines = []
     for j in rng.choice(len(keys), size=min(n, len(keys)), replace=False):
         ds, i, s = keys[j]
-        it = _item(dsets[ds], i)
+        it = load_item(dsets[ds], i)
         A, grid = cache.get(it.image)
         L = record_evidence(it, s)
         for mode in ("mv", "op"):
@@ -622,7 +617,7 @@ def main(argv=None) -> int:
             continue
         if args.wait:
             _wait_cached(cache, dsets[ds][i].load_image())
-        it = _item(dsets[ds], i)
+        it = load_item(dsets[ds], i)
         A, grid = cache.get(it.image)
         for s in strengths:
             L = record_evidence(it, s, probes[ds])
