@@ -58,6 +58,7 @@ from dslo.eval.metrics import IoUAccumulator
 from dslo.head import (
     MODE_TABLE,
     HeadConfig,
+    evidence_posterior,
     joint_bilateral_upsample,
     refine,
     resize_to_grid,
@@ -106,7 +107,7 @@ def jbu_baseline(
     elif source != "logits":
         raise ValueError(f"source must be 'attention' or 'logits', got {source!r}")
     if values == "softmax":
-        X = torch.softmax(cfg.nms_scale * X, dim=0)
+        X = evidence_posterior(X, cfg.nms_scale)
     elif values != "raw":
         raise ValueError(f"values must be 'softmax' or 'raw', got {values!r}")
     up = joint_bilateral_upsample(X, image, cfg.sigma_spatial, cfg.sigma_range, cfg.jbu_radius)

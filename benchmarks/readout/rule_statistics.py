@@ -1,7 +1,7 @@
 """Could another per-image statistic place λ better than the evidence margin? (issue 12)
 
 The fused readout's λ comes from one number per image, the evidence margin (the median top-two
-log-odds, ``dslo.head.readout.evidence_margin``). This script scores other candidates on the
+log-odds, ``dslo.head.evidence_margin``). This script scores other candidates on the
 records of :mod:`benchmarks.readout.select_readout`: for every image and evidence strength, the **gain** of fusing is
 the change in correct pixels of the fused M.V. readout (λ = 6, no recovery seeds: the default
 rule's middle step) over plain upsampling, as a share of the image's pixels. An oracle fuses
@@ -32,7 +32,7 @@ from benchmarks.common import DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, a
 from benchmarks.readout.select_readout import dense, record_evidence
 from benchmarks.refine_real import load_item, make_probe
 from dslo.eval.datasets import get_dataset
-from dslo.head import HeadConfig
+from dslo.head import HeadConfig, evidence_posterior
 
 GAIN_KEY = ("mv", "norec", 6.0)  # the default M.V. rule's middle step
 
@@ -51,7 +51,7 @@ def statistics(logits: torch.Tensor, affinity: torch.Tensor, grid: tuple[int, in
     for dy in range(3):
         for dx in range(3):
             inner &= pad[dy:dy + grid[0], dx:dx + grid[1]] == lab
-    P = torch.softmax(scale * g, 0)
+    P = evidence_posterior(g, scale)
     PA = P @ (affinity / affinity.sum(1, keepdim=True)).T  # each patch's posterior averaged by attention
     flat = lab.flatten()
     out = {f"log-odds q{q}": float(lo.quantile(q / 100)) for q in (10, 25, 75, 90)}  # q50: the margin row

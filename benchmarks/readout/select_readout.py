@@ -36,16 +36,18 @@ from benchmarks.common import (
 from benchmarks.refine_real import Item, evidence_for, jbu_baseline, load_item, make_probe
 from dslo.eval.datasets import get_dataset
 from dslo.head import (
+    MODE_TABLE,
     HeadConfig,
     candidate_classes,
     class_argmax,
     discrepancy,
     evidence_ambiguity,
+    evidence_posterior,
     joint_bilateral_upsample,
     normalize_maps,
     seed_classes,
 )
-from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight
+from dslo.head import fusion_step, fusion_weight
 
 # fixed λ, recorded per image so that any rule choosing λ from this grid per image (e.g. a step
 # function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
@@ -58,7 +60,7 @@ STRENGTHS = ["easy", "medium", "hard", "probe"]
 def default_tags() -> tuple[str, ...]:
     """The fused variant ``refine`` runs with its default settings, per step of the rule."""
     thr = HeadConfig().recover_threshold
-    return tuple("rec" if on and thr == RECOVER else "norec" for on in FUSION_RECOVER)
+    return tuple("rec" if on and thr == RECOVER else "norec" for on in MODE_TABLE["mv"].fusion_rule.recover)
 
 
 def record_evidence(it: Item, strength: str, probe=None) -> torch.Tensor:
@@ -113,7 +115,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
     flat = Lg.reshape(K, N)
     out: dict = {"stats": {"ambiguity": evidence_ambiguity(flat, cfg.nms_scale)}, "conf": {}}
-    P = torch.softmax(cfg.nms_scale * flat, 0)
+    P = evidence_posterior(flat, cfg.nms_scale)
     srt = P.sort(0, descending=True).values
     out["stats"]["margin"] = float((srt[0] - srt[1]).mean())
     out["stats"]["nms_survival"] = float((srt[0] >= cfg.nms_threshold).float().mean())
@@ -131,7 +133,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     if have is not None:  # fused variants not recomputed here are kept from the earlier record
         out["conf"].update({k: v for k, v in have["conf"].items()
                             if isinstance(k, tuple) and len(k) == 3 and k[1] not in tags})
-    log_post = torch.log_softmax(cfg.nms_scale * L, 0)
+    log_post = evidence_posterior(L, cfg.nms_scale, log=True)
     for tag in tags:
         # the fused readout's candidates, as refine computes them: the head's classes and the
         # classes that can win plain upsampling (exact: no other class can win a pixel at any λ)
@@ -500,8 +502,9 @@ def verify(rec: dict, n: int, seed: int = 0) -> list[str]:
         A, grid = cache.get(it.image)
         L = record_evidence(it, s)
         for mode in ("mv", "op"):
-            rule_lam = fusion_weight(rec[keys[j]]["stats"]["log_odds"], *FUSION_RULE[mode])
-            step = fusion_step(rec[keys[j]]["stats"]["log_odds"], FUSION_RULE[mode][0])
+            rule = MODE_TABLE[mode].fusion_rule
+            rule_lam = rule.weight(rec[keys[j]]["stats"]["log_odds"])
+            step = rule.step(rec[keys[j]]["stats"]["log_odds"])
             for lam in (rule_lam, float(rng.choice([x for x in LAMBDAS[1:-1] if x != rule_lam]))):
                 # the defaults (the rule, its step's recovery flag), then a fixed λ (recovery on)
                 fixed = {} if lam == rule_lam else {"fusion_weight": lam}
@@ -554,7 +557,8 @@ def main(argv=None) -> int:
         rows = {"(a) bilinear": "bilinear", "(b) + JBU": "jbu", "(d0) O.P., paper readout": ("op", "paper"),
                 "(e0) M.V., paper readout": ("mv", "paper")}
         for mode in ("mv", "op"):
-            key = add_rule(rec, mode, *FUSION_RULE[mode], default_tags())
+            rule = MODE_TABLE[mode].fusion_rule
+            key = add_rule(rec, mode, rule.thresholds, rule.levels, default_tags())
             rows[f"({'d' if mode == 'op' else 'e'}) {mode.upper()}, default rule {key[2]} → λ {key[3]}"] = key
         md = results_markdown(rec, rows)
         print(md)
