@@ -122,6 +122,33 @@ class HeadConfig:
                                     f"{mode.fusion_rule.thresholds} → {mode.fusion_rule.levels})") from None
 
     @classmethod
+    def paper(cls, **settings: Any) -> HeadConfig:
+        """The paper's head exactly (SPEC §4): label ``argmax_c JBU(D_c)`` over the classes that
+        survive NMS (``fusion="none"``), NMS seeds only (``recover_threshold=None``), every other
+        setting the SPEC default; ``settings`` change others (a Table 2-style ablation).
+
+        >>> HeadConfig.paper().paper_readout, HeadConfig().paper_readout
+        (True, False)
+        """
+        return cls(fusion="none", recover_threshold=None).replace(**settings)
+
+    @property
+    def paper_readout(self) -> bool:
+        """Whether the label readout is the paper's: no fusion with the evidence, no recovery seeds."""
+        return self.fusion == "none" and self.recover_threshold is None
+
+    def describe_readout(self) -> str:
+        """Which label readout runs, in words, for the records beside every result."""
+        if self.paper_readout:
+            return "paper: argmax_c JBU(D_c) over the NMS classes (SPEC §4)"
+        if self.fusion == "none":
+            return f"paper's argmax_c JBU(D_c), with recovery seeds at {self.recover_threshold} (SPEC §8)"
+        rule = ("fixed λ = " + str(self.fusion_weight)) if self.fusion_weight is not None else \
+            "per-image λ rule of the mode" + ("" if self.fusion_thresholds is None and self.fusion_levels is None
+                                              and self.fusion_recover is None else ", changed by the settings")
+        return f"fused: argmax_c log P_c + λ·D̂_c, {rule} (SPEC §8)"
+
+    @classmethod
     def fields(cls) -> tuple[str, ...]:
         """The setting names, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
