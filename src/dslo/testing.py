@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "make_tiny_clip",
@@ -224,7 +225,7 @@ def make_tiny_siglip_tokenizer(path: str | os.PathLike, *, vocab_size: int = 300
     vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
     for t in sorted(learned["vocab"], key=learned["vocab"].get):
         vocab.setdefault(t, len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    merges: Any = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
     GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=64).save_pretrained(path)
     return path
 
@@ -259,6 +260,7 @@ def make_tiny_siglip(
     text = dict(common, vocab_size=len(tok), max_position_embeddings=64, pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id, bos_token_id=bos)
     torch.manual_seed(seed)
+    model: Any
     if variant == "siglip2-naflex":
         vision = dict(common, patch_size=patch_size, num_patches=(image_size // patch_size) ** 2)
         model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
@@ -295,9 +297,10 @@ def make_tiny_dinov2(
     from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     path = Path(path)
-    common = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                  patch_size=patch_size, image_size=image_size)
+    common: dict[str, Any] = dict(hidden_size=hidden_size, num_hidden_layers=num_layers,
+                                  num_attention_heads=num_heads, patch_size=patch_size, image_size=image_size)
     torch.manual_seed(seed)
+    model: Any
     if registers:
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
     else:
@@ -349,18 +352,20 @@ def make_tiny_sd2(path: str | os.PathLike, *, seed: int = 0) -> Path:
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
     )).eval().save_pretrained(path / "text_encoder", safe_serialization=True)
-    UNet2DConditionModel(
+    unet: Any = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         attention_head_dim=(2, 4, 4, 4), cross_attention_dim=text_dim, use_linear_projection=True,
-    ).eval().save_pretrained(path / "unet", safe_serialization=True)
-    AutoencoderKL(
+    )
+    unet.eval().save_pretrained(path / "unet", safe_serialization=True)
+    vae: Any = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
         block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
-    ).eval().save_pretrained(path / "vae", safe_serialization=True)
+    )
+    vae.eval().save_pretrained(path / "vae", safe_serialization=True)
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.30.0",

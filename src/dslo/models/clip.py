@@ -212,6 +212,8 @@ class ClipLogitsModel(VisionLanguageLogits):
         pgrid = None
         if s.method == "proxyclip":
             if proxy is None:
+                if pixel_values is None:
+                    raise ValueError("method 'proxyclip' needs the pixels (or proxy features) to attend with")
                 proxy = self.proxy_features(pixel_values, grid)
             proxy = torch.as_tensor(proxy, device=self.device)
             if proxy.ndim == 3:  # (h', w', D') on any grid
@@ -392,6 +394,7 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     check_model_folder(name, src, tokenizer=True)
     from transformers import AutoTokenizer, CLIPModel
 
+    model: Any
     try:
         model = CLIPModel.from_pretrained(src, local_files_only=local_only, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_only)

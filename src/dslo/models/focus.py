@@ -126,7 +126,7 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
             if len(vals) == 2:
                 heads, head_dim = int(vals[0]), int(vals[1])
                 break
-    if heads is None or heads * head_dim != hidden:
+    if heads is None or head_dim is None or heads * head_dim != hidden:
         raise fail("cannot read the number of attention heads")
     eps = next((float(consts[i].reshape(-1)[0]) for n in graph.node
                 if n.op_type == "Add" and n.name.endswith("/layer.0/norm1/Add") for i in n.input if i in consts), 1e-6)

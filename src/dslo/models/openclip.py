@@ -215,6 +215,7 @@ def build_clip_model(config, state: dict[str, torch.Tensor], dtype: torch.dtype)
     """A transformers ``CLIPModel`` of ``config`` holding exactly ``state``."""
     from transformers import CLIPModel
 
+    model: Any
     with _no_init():
         model = CLIPModel(config)
     try:

@@ -9,7 +9,7 @@ tiny offline ones of :mod:`dslo.testing` (ids within the vocabulary; the text is
 are the weights). Architectures are the checkpoints' ``config.json`` values (defaults of the
 transformers config classes where a config leaves them out); ``arch`` overrides merge into them
 (nested dicts merge key by key), e.g. ``arch={"vision": {"num_hidden_layers": 1}}`` for a fast
-test of any entry.
+test of any entry (ProxyCLIP keys: ``arch={"proxy": {...}}`` shrinks the proxy too).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ ARCH: dict[str, dict[str, Any]] = {
                    "text": dict(_SIGLIP_B, vocab_size=32000, max_position_embeddings=64)},
     "siglip-so400m-14": {"vision": dict(_SIGLIP_SO400M, patch_size=14, image_size=384),
                          "text": dict(_SIGLIP_SO400M, vocab_size=32000, max_position_embeddings=64)},
-    "siglip2-b16": {"vision": dict(_SIGLIP_B, patch_size=16, image_size=224),
+    "siglip2-b16": {"tokenizer": "gemma", "vision": dict(_SIGLIP_B, patch_size=16, image_size=224),
                     "text": dict(_SIGLIP_B, vocab_size=256000, max_position_embeddings=64)},
-    "siglip2-so400m-14": {"vision": dict(_SIGLIP_SO400M, patch_size=14, image_size=384),
+    "siglip2-so400m-14": {"tokenizer": "gemma", "vision": dict(_SIGLIP_SO400M, patch_size=14, image_size=384),
                           "text": dict(_SIGLIP_SO400M, vocab_size=256000, max_position_embeddings=64)},
     # NaFlex (google/siglip2-base-patch16-naflex): Siglip2Model, a 16×16 position table.
-    "siglip2-b16-naflex": {"naflex": True, "vision": dict(_SIGLIP_B, patch_size=16, num_patches=256),
+    "siglip2-b16-naflex": {"naflex": True, "tokenizer": "gemma", "vision": dict(_SIGLIP_B, patch_size=16, num_patches=256),
                            "text": dict(_SIGLIP_B, vocab_size=256000, max_position_embeddings=64)},
     "dinov2-reg-b14": {"family": "dinov2_reg", **_VIT_B, "patch_size": 14, "image_size": 518, "num_register_tokens": 4},
     "dinov2-b14": {"family": "dinov2", **_VIT_B, "patch_size": 14, "image_size": 518},
@@ -110,6 +110,15 @@ def _seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def _identity(name: str, arch: Mapping[str, Any]) -> str:
+    """What a random model's text embeddings are (the text cache keys on it): name, architecture, seed."""
+    import json
+
+    from dslo.hashing import text_digest
+
+    return f"random-init:{name}:{text_digest(json.dumps(arch, sort_keys=True, default=str))[:16]}:seed0"
+
+
 def random_clip(name: str, arch: Mapping[str, Any], *, device: torch.device, dtype: torch.dtype, **settings: Any):
     """A :class:`dslo.models.clip.ClipLogitsModel` of the CLIP architecture ``arch``."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -124,11 +133,11 @@ def random_clip(name: str, arch: Mapping[str, Any], *, device: torch.device, dty
     with tempfile.TemporaryDirectory() as d:
         tokenizer = CLIPTokenizer.from_pretrained(make_tiny_clip_tokenizer(d))
     s = ClipSettings(**settings)
-    out = ClipLogitsModel(model, tokenizer, name=name, settings=s, identity=f"random-init:{name}:seed0")
+    out = ClipLogitsModel(model, tokenizer, name=name, settings=s, identity=_identity(name, arch))
     if s.method == "proxyclip":  # its proxy, of the proxy's architecture, random too
         from dslo.models.registry import ATTENTION
 
-        out.proxy_source = ATTENTION[s.proxy].build_random(device=device, dtype=dtype)
+        out.proxy_source = ATTENTION[s.proxy].build_random(device=device, dtype=dtype, arch=arch.get("proxy"))
     return out
 
 
@@ -140,20 +149,23 @@ def random_siglip(name: str, arch: Mapping[str, Any], *, device: torch.device, d
     from dslo.testing import make_tiny_siglip_tokenizer
 
     naflex = bool(arch.get("naflex", False))
-    gemma = naflex or int(arch["text"]["vocab_size"]) > 32000  # SigLIP 2: the Gemma tokenizer
+    gemma = arch.get("tokenizer") == "gemma"  # SigLIP 2's; SigLIP's is SentencePiece
     with tempfile.TemporaryDirectory() as d:
         tokenizer = AutoTokenizer.from_pretrained(make_tiny_siglip_tokenizer(d, gemma=gemma))
     _seeded()
+    cls: Any
+    model_cls: Any
     cls, model_cls = (Siglip2Config, Siglip2Model) if naflex else (SiglipConfig, SiglipModel)
     model = model_cls(cls(text_config=dict(arch["text"]), vision_config=dict(arch["vision"])))
     model = model.eval().to(device=device, dtype=dtype)
     return SiglipLogitsModel(model, tokenizer, name=name, settings=SiglipSettings(**settings),
-                             identity=f"random-init:{name}:seed0")
+                             identity=_identity(name, arch))
 
 
-def random_vit(name: str, arch: Mapping[str, Any], *, device: torch.device, dtype: torch.dtype, **settings: Any):
+def random_vit(name: str, arch: Mapping[str, Any], *, device: torch.device, dtype: torch.dtype,
+               family: str | None = None, **settings: Any):
     """A :class:`dslo.models.vit.VitAttentionSource` of the DINOv2 / DINOv2-registers / DINO
-    architecture ``arch``."""
+    architecture ``arch`` (``family``: the loader's option, the architecture says it too)."""
     from transformers import (
         Dinov2Config,
         Dinov2Model,
@@ -166,16 +178,17 @@ def random_vit(name: str, arch: Mapping[str, Any], *, device: torch.device, dtyp
     from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD
     from dslo.models.vit import VitAttentionSettings, wrap_vit
 
-    cfg = {k: v for k, v in arch.items() if k != "family"}
+    cfg: dict[str, Any] = {k: v for k, v in arch.items() if k != "family"}
+    cfg["attn_implementation"] = "sdpa"  # as the loader (fused attention; the source hooks what it reads)
     _seeded()
-    family = arch["family"]
+    family = arch["family"]  # finer than the loader's (registers or not)
     model: torch.nn.Module
     if family == "dinov2_reg":
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**cfg, attn_implementation="sdpa"))
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**cfg))
     elif family == "dinov2":
-        model = Dinov2Model(Dinov2Config(**cfg, attn_implementation="sdpa"))
+        model = Dinov2Model(Dinov2Config(**cfg))
     elif family == "dino":
-        model = ViTModel(ViTConfig(**cfg, attn_implementation="sdpa"), add_pooling_layer=False)
+        model = ViTModel(ViTConfig(**cfg), add_pooling_layer=False)
     else:
         raise ValueError(f"unknown ViT family {family!r}")
     return wrap_vit(model.eval(), name=name, device=device, dtype=dtype, settings=VitAttentionSettings(**settings),

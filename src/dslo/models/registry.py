@@ -143,16 +143,16 @@ def register_attention(name: str, loader: str, source: str | None, note: str, **
 
 # ---- the models ----------------------------------------------------------------------------------
 _M = "dslo.models."
-_CLIP = dict(loader=_M + "clip:load_clip", settings=_M + "clip:ClipSettings", random=_M + "random_init:random_clip")
-_OPENCLIP = dict(loader=_M + "openclip:load_openclip", settings=_M + "clip:ClipSettings",
+_CLIP: dict[str, Any] = dict(loader=_M + "clip:load_clip", settings=_M + "clip:ClipSettings", random=_M + "random_init:random_clip")
+_OPENCLIP: dict[str, Any] = dict(loader=_M + "openclip:load_openclip", settings=_M + "clip:ClipSettings",
                  random=_M + "random_init:random_clip", probe_files=("open_clip_config.json",))
-_SIGLIP = dict(loader=_M + "siglip:load_siglip", settings=_M + "siglip:SiglipSettings",
+_SIGLIP: dict[str, Any] = dict(loader=_M + "siglip:load_siglip", settings=_M + "siglip:SiglipSettings",
                random=_M + "random_init:random_siglip")
-_VIT = dict(loader=_M + "vit:load_vit_attention", settings=_M + "vit:VitAttentionSettings",
+_VIT: dict[str, Any] = dict(loader=_M + "vit:load_vit_attention", settings=_M + "vit:VitAttentionSettings",
             random=_M + "random_init:random_vit")
-_CLIP_ATTENTION = dict(loader=_M + "clip:load_clip_attention", settings=_M + "clip:ClipSettings",
+_CLIP_ATTENTION: dict[str, Any] = dict(loader=_M + "clip:load_clip_attention", settings=_M + "clip:ClipSettings",
                        extra_options={"variant": str, "clip": object})
-_SD2 = dict(loader=_M + "sd2:load_sd2", settings=_M + "sd2:Sd2Settings", extra_options={"model_id": str})
+_SD2: dict[str, Any] = dict(loader=_M + "sd2:load_sd2", settings=_M + "sd2:Sd2Settings", extra_options={"model_id": str})
 _OPENAI = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 _HALF = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -207,9 +207,9 @@ _logits("siglip-b16", _SIGLIP, "google/siglip-base-patch16-224", "SigLIP ViT-B/1
 _logits("siglip-so400m-14", _SIGLIP, "google/siglip-so400m-patch14-384", "SigLIP So400m/14 (384 px)",
         "siglip-so400m-14", _card("transformers SigLIP", 384, _HALF, _SIGLIP81))
 _logits("siglip2-b16", _SIGLIP, "google/siglip2-base-patch16-224", "SigLIP 2 ViT-B/16 (224 px, fixed resolution)",
-        "siglip2-b16", _card("transformers SigLIP (SigLIP 2 weights, Gemma tokenizer)", 224, _HALF, _SIGLIP81))
+        "siglip2-b16", _card("transformers SigLIP (SigLIP 2, Gemma tokenizer)", 224, _HALF, _SIGLIP81))
 _logits("siglip2-so400m-14", _SIGLIP, "google/siglip2-so400m-patch14-384", "SigLIP 2 So400m/14 (384 px)",
-        "siglip2-so400m-14", _card("transformers SigLIP (SigLIP 2 weights, Gemma tokenizer)", 384, _HALF, _SIGLIP81))
+        "siglip2-so400m-14", _card("transformers SigLIP (SigLIP 2, Gemma tokenizer)", 384, _HALF, _SIGLIP81))
 _logits("siglip2-b16-naflex", _SIGLIP, "google/siglip2-base-patch16-naflex",
         "SigLIP 2 ViT-B/16 NaFlex (native aspect ratio)", "siglip2-b16-naflex",
         _card("transformers SigLIP 2 (NaFlex)", 256, _HALF, _SIGLIP81))

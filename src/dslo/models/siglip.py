@@ -94,7 +94,7 @@ def _run(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def head_per_token(head: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+def head_per_token(head: Any, y: torch.Tensor) -> torch.Tensor:
     """The attention-pooling head applied to every token on its own: ``o = W_o (W_v y + b_v) + b_o``
     (the head's attention with a single key), then ``o + MLP(LN(o))``. ``y (..., N, C)`` →
     ``(..., N, C)``; equal to ``head`` run on each one-token sequence."""
@@ -246,7 +246,7 @@ def _load_tokenizer(name: str, src: str, local_only: bool):
         return AutoTokenizer.from_pretrained(src, local_files_only=local_only)
     except ImportError as exc:  # SigLIP's SentencePiece tokenizer
         raise ImportError(f"the tokenizer of {name!r} needs a package that is not installed ({exc}). "
-                          "Fix: pip install 'dslo[siglip]' (sentencepiece, protobuf)") from exc
+                          "Fix: pip install 'dslo[siglip]' (sentencepiece)") from exc
 
 
 def load_siglip(name: str, source: str, *, device: torch.device, **overrides: Any) -> SiglipLogitsModel:

@@ -271,7 +271,7 @@ class TextEmbeddingCache:
 
 
 def _entries(root: Path) -> list[tuple[float, int, Path]]:
-    out = []
+    out: list[tuple[float, int, Path]] = []
     if not root.is_dir():
         return out
     for dirpath, _dirs, files in os.walk(root):

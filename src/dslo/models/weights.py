@@ -295,7 +295,8 @@ def check_model_folder(name: str, folder: str | Path, *, tokenizer: bool = False
     problems += _weights_problems(folder)
     groups = tokenizer_files or (TOKENIZER_FILES if tokenizer else ())
     if groups and not any(all((folder / f).is_file() for f in group) for group in groups):
-        problems.append(" or ".join(" + ".join(g) for g in groups) + " (the tokenizer)")
+        names = [" + ".join(g) for g in groups]
+        problems.append(names[0] + (f" (or {', or '.join(names[1:])})" if len(names) > 1 else ""))
     if problems:
         raise WeightsNotFoundError(
             f"the model folder {folder} for {name!r} is incomplete: {'; '.join(problems)}. Copy the "
