@@ -15,7 +15,7 @@ import torch
 
 from dslo.errors import SettingsError, did_you_mean
 from dslo.models.contracts import AttentionSource, LogitsModel
-from dslo.models.random_init import ARCH
+from dslo.models.architectures import ARCH, build_dtype, merge_arch
 from dslo.models.weights import (
     is_local_or_cached,
     locate,
@@ -113,8 +113,6 @@ class Entry:
         the CPU, which the loaders refuse)."""
         if self.random is None or not self.arch:
             raise SettingsError(f"{self.name or 'this entry'!r} has no random-init builder")
-        from dslo.models.random_init import build_dtype, merge_arch
-
         dev = resolve_device(device)
         return _resolve(self.random)(self.name, merge_arch(self.arch, arch), device=dev,
                                      dtype=build_dtype(dtype, dev), **{**dict(self.options), **overrides})
