@@ -13,15 +13,23 @@ from PIL import Image
 
 from dslo.app.service import AppService, background_spec, parse_class_box
 from dslo.classes import read_classes_file
+from dslo.request import ModelChoice
 
 
 @pytest.fixture(scope="module")
 def service(clip_dir, tmp_path_factory):
-    from dslo.segmenter import create_segmenter
+    models = ModelChoice("offline", logits=str(clip_dir), attention="clip", device="cpu", max_side=64)
+    return AppService(models, work_dir=tmp_path_factory.mktemp("work"), log=lambda msg: None)
 
-    return AppService(lambda: create_segmenter("offline", logits=clip_dir, attention="clip",
-                                               device="cpu", max_side=64),
-                      work_dir=tmp_path_factory.mktemp("work"), log=lambda msg: None)
+
+def _variant(service, mode, theta):
+    """The loaded models as a segmenter of their own with this mode and θ: what `dslo segment
+    --mode MODE --set nms_threshold=θ` would build (the reference the app must equal)."""
+    from dslo.segmenter import Segmenter
+
+    seg = service.segmenter
+    return Segmenter(seg.logits_model, seg.attention_model, mode=mode,
+                     head=seg.head.replace(nms_threshold=theta), max_side=seg.max_side, info=seg.info)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +86,15 @@ def test_a_request_gives_the_files_of_dslo_segment(service, picture):
     assert sum(r[2] for r in out.table) == pytest.approx(100, abs=0.05)
     assert [r[0] for r in out.table] == ["red", "green", "blue"]
     # The same files `dslo segment street.png` writes (write_outputs), for the same settings.
-    seg = service._variant("op", 0.5)
+    seg = _variant(service, "op", 0.5)
     ref = seg.predict(picture, "red, green, blue")
     mask = Image.open(out.files["mask"])
     assert mask.mode == "P" and mask.size == (128, 96)
     np.testing.assert_array_equal(np.array(mask), ref.labels)
     doc = json.loads(out.files["json"].read_text())
+    # stamped with the request `dslo segment --mode op --set nms_threshold=0.5` records
+    request = service.request([["red"], ["green"], ["blue"]], "none", "op", 0.5).record()
+    assert doc.pop("request") == json.loads(json.dumps(request)) and doc.pop("request_id")
     assert doc == json.loads(json.dumps(ref.to_dict(image_name="street.png")))
     assert doc["model"]["mode"] == "op" and doc["model"]["head"]["nms_threshold"] == 0.5
     # Larger than max_side: said so; the mask and the table are at full size anyway.
@@ -136,10 +147,8 @@ def test_a_bad_setting_is_a_message(service, picture):
 
 def test_missing_weights_still_serve_the_error(tmp_path, picture, monkeypatch):
     import dslo.models
-    from dslo.segmenter import create_segmenter
-
     monkeypatch.setattr(dslo.models, "weights_available", lambda name: False)
-    svc = AppService(lambda: create_segmenter("offline"), work_dir=tmp_path, log=lambda m: None)
+    svc = AppService(ModelChoice("offline"), work_dir=tmp_path, log=lambda m: None)
     assert svc.segmenter is None and "WeightsNotFoundError" in svc.load_error
     out = svc.segment(picture, "car", "mv", "none", 0.5, 0.5)
     assert not out.ok and "--logits DIR" in out.message and "make_tiny_clip" in out.message
@@ -152,8 +161,12 @@ def test_an_unexpected_failure_is_one_line_and_logged(tmp_path, picture):
         head, max_side, background, info = None, None, None, {}
         logits_model = attention_model = None
 
-    svc = AppService(lambda: Broken(), work_dir=tmp_path, log=logged.append)
-    svc._variant = lambda mode, theta: 1 / 0
+        def encode(self, image):
+            return 1 / 0
+
+        decode = encode
+
+    svc = AppService(ModelChoice("offline"), work_dir=tmp_path, log=logged.append, segmenter=Broken())
     out = svc.segment(picture, "car", "mv", "none", 0.5, 0.5)
     assert out.message.startswith("**Error:** an internal error (ZeroDivisionError")
     assert "Traceback" in logged[-1] and "Traceback" not in out.message
@@ -163,15 +176,15 @@ def test_an_unexpected_failure_is_one_line_and_logged(tmp_path, picture):
 
 def test_views_follow_the_head(service, picture):
     from dslo.app import views
-    from dslo.head import HeadConfig, nms
+    from dslo.head import nms
 
-    seg = service._variant("mv", 0.5)
+    seg = _variant(service, "mv", 0.5)
     res = seg.predict(picture, "red, green, blue")
     assert res.logits.shape[0] == 3 and res.grid is not None
     L = torch.nn.functional.interpolate(res.logits[None].float(), size=res.grid, mode="bilinear",
                                         align_corners=False)[0]
     _, keep = nms(L, 40.0, 0.5)
-    pic, seeded = views.seeds(res, HeadConfig())
+    pic, seeded = views.seeds(res)
     assert seeded == pytest.approx(keep.any(0).float().mean().item())
     assert pic.size == (64, 48)  # the image as the models saw it
     coarse = views.coarse_argmax(res)
@@ -193,12 +206,10 @@ def test_the_page_builds_shows_a_load_error_and_passes_uploads_as_they_are(tmp_p
     import dslo.app
     import dslo.models
     from dslo.app.page import build_page
-    from dslo.segmenter import create_segmenter
-
     package = Path(dslo.app.__file__).parent
     before = sorted(package.iterdir())
     monkeypatch.setattr(dslo.models, "weights_available", lambda name: False)
-    svc = AppService(lambda: create_segmenter("offline"), work_dir=tmp_path, log=lambda m: None)
+    svc = AppService(ModelChoice("offline"), work_dir=tmp_path, log=lambda m: None)
     page = build_page(svc, examples=[])
     assert sorted(package.iterdir()) == before  # nothing written beside the package (no .pyi)
     by_id = {getattr(b, "elem_id", None): b for b in page.blocks.values()}

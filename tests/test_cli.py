@@ -3,6 +3,7 @@ input, with the colour stand-in models of standins.py (fast; the real-model end-
 in test_cli_e2e.py)."""
 
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ from standins import file_tree as _tree
 from standins import save_image as _save
 
 from dslo.cli import main
-from dslo.cli.segment import discover_inputs
+from dslo.inputs import discover as discover_inputs
 from dslo.outputs import class_colors, decode_rle
 
 # --- input discovery -----------------------------------------------------------------------------
@@ -131,7 +132,12 @@ def test_corrupt_file_is_reported_and_the_batch_continues(tmp_path, fake_models,
     err = capsys.readouterr().err
     assert "skipped" in err and "b.jpg" in err and "d.png" in err
     assert "2 segmented, 0 already done (skipped), 2 failed" in err
-    assert _tree(tmp_path / "out") == ["a.json", "a.overlay.png", "a.png", "c.json", "c.overlay.png", "c.png"]
+    # the failures are listed beside the outputs, as the Ray engine lists them (one failure policy)
+    assert _tree(tmp_path / "out") == ["a.json", "a.overlay.png", "a.png", "c.json", "c.overlay.png", "c.png",
+                                       "dslo-failures.jsonl"]
+    failures = [json.loads(line) for line in (tmp_path / "out" / "dslo-failures.jsonl").read_text().splitlines()]
+    assert sorted(Path(f["image"]).name for f in failures) == ["b.jpg", "d.png"]
+    assert all(f["error"].startswith("cannot read image ") for f in failures)
 
 
 def test_awkward_image_formats_are_converted(tmp_path, fake_models):

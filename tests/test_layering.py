@@ -9,8 +9,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "dslo"
 
 
-def _dslo_imports(path: Path) -> set[str]:
-    """Absolute dslo modules a file imports (relative imports resolved against its package)."""
+def _dslo_imports(path: Path, with_names: bool = False) -> set[str]:
+    """Absolute dslo modules a file imports (relative imports resolved against its package);
+    ``with_names``: also ``module.name`` for each ``from module import name`` (a submodule)."""
     package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -19,9 +20,14 @@ def _dslo_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                out.add(".".join(base + ([node.module] if node.module else [])))
+                module = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.split(".")[0] == "dslo":
-                out.add(node.module)
+                module = node.module
+            else:
+                continue
+            out.add(module)
+            if with_names:
+                out |= {f"{module}.{a.name}" for a in node.names}
     return out
 
 
@@ -41,3 +47,75 @@ def test_the_models_know_nothing_of_head_segmenter_cli_or_eval():
 def test_the_leaves_import_no_dslo_module():
     for name in ("errors.py", "classes.py"):
         assert _dslo_imports(SRC / name) == set(), name
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the dslo modules it imports anywhere (function-level imports too: a lazy import
+    is still a dependency), each name resolved to the module that defines it."""
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for imported in _dslo_imports(path, with_names=True):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                deps.add(imported)
+        graph[name] = deps
+    return graph
+
+
+def test_nothing_outside_the_cli_imports_the_cli():
+    graph = _import_graph()
+    # __main__ is `python -m dslo`: the command line's own entry point
+    bad = {m: sorted(d for d in deps if d.startswith("dslo.cli"))
+           for m, deps in graph.items() if not m.startswith("dslo.cli") and m != "dslo.__main__"}
+    assert not {m: d for m, d in bad.items() if d}, bad
+
+
+def test_no_import_cycle_among_dslo_modules():
+    graph = _import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_the_engines_and_front_ends_share_one_request_and_one_step():
+    """The app and every engine build on the library layer: one request type, one input rule,
+    one per-image step; none of them carries a copy (docs/architecture.md)."""
+    graph = _import_graph()
+    for m in ("dslo.engines.local", "dslo.engines.ray.worker"):
+        assert "dslo.engines.step" in graph[m], m
+    for m in ("dslo.engines.local", "dslo.engines.ray.driver", "dslo.app.service", "dslo.cli.segment"):
+        assert "dslo.request" in graph[m], m
+    assert "dslo.inputs" in graph["dslo.cli.segment"] and "dslo.inputs" in graph["dslo.engines.plan"]

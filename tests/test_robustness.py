@@ -65,13 +65,13 @@ def test_model_inputs_bound_the_patch_count_whatever_the_aspect():
 def test_memory_error_on_one_image_fails_that_image_only(tmp_path, fake_models, monkeypatch, capsys):
     img, _ = _picture(24, 32)
     for name in ("a", "b", "c"):
-        _save(tmp_path / "in" / f"{name}.png", img)
+        _save(tmp_path / "in" / f"{name}.png", img[:23] if name == "b" else img)  # b: one row less
     from dslo.segmenter import Segmenter
 
     real = Segmenter.predict
 
     def predict(self, image, classes, background=None):
-        if Path(image).stem == "b":
+        if np.asarray(image).shape[0] == 23:  # b
             raise MemoryError()  # what numpy raises when an allocation fails
         return real(self, image, classes, background)
 

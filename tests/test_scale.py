@@ -15,8 +15,11 @@ from standins import file_tree as _tree
 
 from dslo.cli import main
 from dslo.outputs import atomic_write_bytes, decode_rle, write_result
-from dslo.scale import parquet, plan
-from dslo.scale.inputs import discover
+from dslo.engines import plan
+from dslo.engines.ray import parquet
+from dslo.engines.ray.vocabulary import query_names, vocabulary_embeddings
+from dslo.inputs import discover
+from dslo.request import ModelChoice, SegmentRequest
 from dslo.segmenter import Segmenter
 
 
@@ -74,15 +77,28 @@ def test_atomic_uri_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["y.bin"]
 
 
-def test_finished_stems_come_from_one_listing(tmp_path):
+def test_resume_comes_from_one_listing_and_reads_only_what_exists(tmp_path, monkeypatch):
     root = _inputs(tmp_path / "in")
     items, _ = discover([str(root)])
     out = tmp_path / "out"
-    for name in ("a.png", "a.json", "sub/b.png"):  # b lacks its JSON: not finished
-        atomic_write_bytes(out / name, b"")
-    assert plan.finished_stems(items, out, ("mask", "json")) == {"a"}
-    assert plan.finished_stems(items, _uri(out), ("mask",)) == {"a", "sub/b"}
-    assert plan.finished_stems(items, tmp_path / "nothing", ("mask",)) == set()
+    record = {"command": "segment", "classes": [["red"]]}
+    res = _result()
+    write_result(res, out, "a", ("mask", "json"), image_name="a.png", request=record)
+    write_result(res, out, "sub/b", ("mask",), image_name="b.png", request=record)  # b lacks its JSON
+    read = []
+    real = plan.read_request_id
+    monkeypatch.setattr(plan, "read_request_id", lambda p: read.append(str(p)) or real(p))
+
+    def done(location, kinds, rec=record):
+        return {it.stem for it in plan.plan_resume(items, location, kinds, rec, overwrite=False).done}
+
+    assert done(out, ("mask", "json")) == {"a"}
+    assert sorted(Path(p).name for p in read) == ["a.json", "a.png", "b.png"]  # only existing outputs
+    assert done(_uri(out), ("mask",)) == {"a", "sub/b"}  # a's JSON: the same request's, not stale
+    assert done(_uri(out), ("mask", "json")) == {"a"}
+    assert done(tmp_path / "nothing", ("mask",)) == set()
+    stale = plan.plan_resume(items, out, ("mask", "json"), {"command": "other"}, overwrite=False)
+    assert {it.stem for it in stale.stale} == {"a", "sub/b"} and "command" in stale.stale_reason
 
 
 def _result():
@@ -139,17 +155,16 @@ def test_parquet_needs_the_ray_engine(tmp_path, capsys):
 def test_driver_embeddings_spare_the_workers_text_tower(clip_dir):
     """The vocabulary embedded once (the driver) and injected (a worker) gives the same logits
     as a model that embeds it itself, and the injected model's text tower never runs."""
-    from dslo.classes import parse_background
     from dslo.models import create_logits_model
     clip = clip_dir
     classes = [["road", "street"], ["sky"]]
-    kwargs = {"logits": str(clip), "background": parse_background("stuff"), "device": "cpu"}
-    emb = plan.vocabulary_embeddings("offline", kwargs, classes)
-    stuff = plan.query_classes(classes, kwargs["background"])[0]
-    assert list(emb) == list(dict.fromkeys(stuff + ["road", "street", "sky"]))
+    request = SegmentRequest.create(classes, "stuff", ModelChoice("offline", logits=str(clip), device="cpu"))
+    emb = vocabulary_embeddings(request)
+    stuff = request.background.stuff_class(classes)
+    assert list(emb) == query_names(request) == list(dict.fromkeys(stuff + ["road", "street", "sky"]))
 
     img, _ = colour_picture(64, 80)
-    head = plan.query_classes(classes, kwargs["background"])
+    head = [stuff] + classes
     own = create_logits_model(clip, device="cpu")
     worker = create_logits_model(clip, device="cpu")
     worker.add_text_embeddings(emb)

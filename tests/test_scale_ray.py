@@ -136,8 +136,8 @@ def test_resume_does_no_model_work_and_writes_nothing(inputs, clip, ray_out, mon
     def forbidden(*a, **k):
         raise AssertionError("a finished run must not start the pipeline or load a model")
 
-    monkeypatch.setattr("dslo.scale.engine._pipeline_run", forbidden)
-    monkeypatch.setattr("dslo.scale.plan.vocabulary_embeddings", forbidden)
+    monkeypatch.setattr("dslo.engines.ray.driver._pipeline_run", forbidden)
+    monkeypatch.setattr("dslo.engines.ray.vocabulary.vocabulary_embeddings", forbidden)
     assert main(_ray(inputs, ray_out, clip)) == 0
     assert "0 segmented, 12 already done (skipped), 0 failed" in capsys.readouterr().err
     assert _snapshot(ray_out) == before
@@ -170,6 +170,28 @@ def test_corrupt_image_is_reported_and_overwrite_redoes_all(tmp_path, inputs, cl
     after = _snapshot(out)
     assert all(after[r][0] != before[r][0] for r in rels)  # every output written anew (atomically)
     _same_bytes(out, reference, rels, renamed=True)
+
+
+def test_both_engines_fail_the_same_images_the_same_way(tmp_path, inputs, clip, capsys):
+    """One failure policy: the local and the Ray engine, fed the same unreadable files beside good
+    images, write the same files, byte for byte (the failures list included)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    good = sorted(inputs.glob("*.png"))[:2]
+    for p in good:
+        shutil.copy(p, inp / p.name)
+    data = good[0].read_bytes()
+    (inp / "truncated.png").write_bytes(data[: len(data) // 3])
+    (inp / "notes.png").write_text("not an image")
+    (inp / "empty.jpg").write_bytes(b"")
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    assert main(_cmd(inp, local, clip)) == 1
+    assert main(_ray(inp, ray_out, clip)) == 1
+    err = capsys.readouterr().err
+    assert err.count("2 segmented, 0 already done (skipped), 3 failed") == 2
+    assert _tree(local) == _tree(ray_out) and "dslo-failures.jsonl" in _tree(local)
+    _same_bytes(local, ray_out, _tree(local))
+    assert len((local / "dslo-failures.jsonl").read_text().splitlines()) == 3
 
 
 def _descends_from(pid: int, ancestor: int, depth: int = 6) -> bool:

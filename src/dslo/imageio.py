@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | Any  # Any: torch.Tensor (CHW)
 
@@ -18,6 +18,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 # Float images must lie in [0, 1]; this much rounding slack is accepted (values then clipped).
 FLOAT_TOLERANCE = 1e-3
+# Images larger than this (longest side) are downscaled for the models; outputs stay at full size.
+DEFAULT_MAX_SIDE = 1024
 
 
 class ImageReadError(ValueError):
@@ -75,7 +77,10 @@ def _decode(source, name) -> np.ndarray:
                               MultiFrameWarning, stacklevel=2)
             return _pil_to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot read image {name}: {exc}") from exc
+        # PIL names the file object it was given (an address when reading bytes): say what it means
+        reason = ("not an image format dslo can read, or an empty or damaged file"
+                  if isinstance(exc, UnidentifiedImageError) else exc)
+        raise ImageReadError(f"cannot read image {name}: {reason}") from exc
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:

@@ -12,7 +12,11 @@ from typing import Any
 from dslo.errors import SettingsError, did_you_mean
 from dslo.head import HeadConfig, get_mode
 
-__all__ = ["Preset", "PRESETS", "get_preset", "list_presets", "resolve_preset"]
+__all__ = ["Preset", "PRESETS", "OFFLINE_FALLBACK_LOGITS", "get_preset", "list_presets", "resolve_preset"]
+
+# What a preset without a logits model of its own (the offline one) uses when the user names none
+# and these weights are on the machine.
+OFFLINE_FALLBACK_LOGITS = "clip-b16"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,20 @@ class Preset:
             raise SettingsError(f"preset {self.name!r}: head must be a dslo.head.HeadConfig, got {self.head!r}")
         object.__setattr__(self, "logits_options", MappingProxyType(dict(self.logits_options)))
         object.__setattr__(self, "attention_options", MappingProxyType(dict(self.attention_options)))
+
+    def logits_model(self, override: str | os.PathLike | None = None) -> str:
+        """The logits model this preset loads: ``override``, else its own, else (the offline
+        preset) :data:`OFFLINE_FALLBACK_LOGITS` when its weights are local; otherwise a
+        ``WeightsNotFoundError`` saying how to pass one. Never touches the network."""
+        if override is not None:
+            return os.fspath(override)
+        if self.logits is not None:
+            return self.logits
+        from dslo.models import weights_available
+
+        if not weights_available(OFFLINE_FALLBACK_LOGITS):
+            raise _no_logits_error(self.name)
+        return OFFLINE_FALLBACK_LOGITS
 
     def summary(self) -> dict:
         """``{"logits", "attention", "mode", "description"}``: what :func:`list_presets` lists."""
@@ -61,6 +79,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "any CLIP you pass (--logits DIR) + the bundled focus-s14 ViT-S/14 attention: runs with no "
            "download"),
 )}
+
+
+def _no_logits_error(preset: str) -> RuntimeError:
+    from dslo.models import WeightsNotFoundError
+
+    return WeightsNotFoundError(
+        f"the {preset} preset needs a CLIP for the class evidence and {OFFLINE_FALLBACK_LOGITS} weights "
+        f"are not on this machine. Pass one: `dslo segment ... --model {preset} --logits DIR` or "
+        f"`create_segmenter('{preset}', logits='DIR')`, where DIR is a CLIP in transformers format "
+        "(a folder written by CLIPModel.save_pretrained, e.g. a download of openai/clip-vit-base-patch16; "
+        "dslo.testing.make_tiny_clip(DIR) writes a tiny random one for trying the pipeline)"
+    )
 
 
 def list_presets() -> dict[str, dict]:

@@ -31,7 +31,9 @@ class SegmentationResult:
     image_name: the path the image came from, when it came from a file.
     logits: ``(K_head, h_c, w_c)`` the class evidence the head was given (CLIP's patch logits, the
         stuff background's class first when there is one); ``grid``: the ``(h, w)`` patch grid the
-        head worked on. With these and ``dslo.head.seed_classes`` the head's steps can be shown.
+        head worked on. ``seeds``: ``(K'', h·w)`` the class distributions the head started from
+        (zero where NMS suppressed a class), ``seed_class_ids`` their class ids; None for a mode
+        without the head.
     """
 
     labels: np.ndarray
@@ -45,6 +47,8 @@ class SegmentationResult:
     image_name: str | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)
     grid: tuple[int, int] | None = None
+    seeds: torch.Tensor | None = field(default=None, repr=False)
+    seed_class_ids: np.ndarray | None = None
 
     @property
     def background_index(self) -> int | None:

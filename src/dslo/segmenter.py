@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,8 @@ from dslo.errors import SettingsError, check_known
 from dslo.head import HeadConfig, get_mode, upsample_argmax
 from dslo.head import refine as _head_refine
 from dslo.head.pamr import pamr
-from dslo.imageio import ImageLike, resize_max_side, to_rgb_array
+from dslo.imageio import DEFAULT_MAX_SIDE, ImageLike, resize_max_side, to_rgb_array
+from dslo.models.contracts import AttentionSource, BatchedAffinity, DenseFeatures, LogitsModel
 from dslo.models.registry import check_model_name
 from dslo.models.weights import resolve_device
 from dslo.presets import PRESETS, Preset, get_preset, list_presets, resolve_preset
@@ -51,6 +53,7 @@ from dslo.result import SegmentationResult
 
 __all__ = [
     "DEFAULT_MAX_SIDE",
+    "Encoding",
     "PRESETS",
     "Preset",
     "Segmenter",
@@ -63,12 +66,28 @@ __all__ = [
     "upsample_argmax",
 ]
 
-DEFAULT_MAX_SIDE = 1024
-
 # Settings of the segmenter itself; every other override must be a field of dslo.head.HeadConfig.
 OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background", "head",
                 "logits_options", "attention_options", "post")
 POST_PROCESSES = ("none", "pamr")
+
+
+@dataclass
+class Encoding:
+    """What the model passes computed for one image (:meth:`Segmenter.encode`); decoding it with
+    any classes, head mode or head settings runs no model layer.
+
+    image: the ``(H, W, 3)`` uint8 image; small: as the models saw it (``max_side``);
+    features: the logits model's ``(h, w, D)`` dense features (None for a logits model without
+    :class:`dslo.models.DenseFeatures`, whose logits are then computed at decode time);
+    affinity: ``(N, N)`` and its grid (None when the segmenter has no attention model)."""
+
+    image: np.ndarray = field(repr=False)
+    small: np.ndarray = field(repr=False)
+    image_name: str | None = None
+    features: torch.Tensor | None = field(default=None, repr=False)
+    affinity: torch.Tensor | None = field(default=None, repr=False)
+    grid: tuple[int, int] | None = None
 
 
 class Segmenter:
@@ -77,11 +96,16 @@ class Segmenter:
     The models follow :class:`dslo.models.LogitsModel` (``logits(image, classes) -> (K, h, w)``)
     and :class:`dslo.models.AttentionSource` (``affinity(image) -> (A (N, N), (h_a, w_a))``).
     ``head``: the head's settings; ``head_settings``: field overrides applied on top of it.
+
+    As segment-anything splits ``set_image`` and ``predict``: :meth:`encode` runs the model passes
+    once, :meth:`decode` turns them into a segmentation for any class list, head mode or head
+    setting; :meth:`predict` is ``decode(encode(image), classes)``.
     """
 
-    def __init__(self, logits_model, attention_model, *, mode: str = "mv", head: HeadConfig | None = None,
-                 head_settings: dict | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-                 background: object = None, info: dict | None = None, post: str | None = None) -> None:
+    def __init__(self, logits_model: LogitsModel | None, attention_model: AttentionSource | None, *,
+                 mode: str = "mv", head: HeadConfig | None = None, head_settings: dict | None = None,
+                 max_side: int | None = DEFAULT_MAX_SIDE, background: object = None, info: dict | None = None,
+                 post: str | None = None) -> None:
         get_mode(mode)
         if post is not None and post not in POST_PROCESSES:
             raise SettingsError(f"post={post!r}; use one of {POST_PROCESSES} (pamr: pixel-adaptive mask "
@@ -108,15 +132,16 @@ class Segmenter:
         return (f"Segmenter(preset={self.info.get('preset')!r}, logits={self.info.get('logits')!r}, "
                 f"attention={self.info.get('attention')!r}, mode={self.mode!r})")
 
-    def settings(self, background: BackgroundPolicy | None = None) -> dict:
+    def settings(self, background: BackgroundPolicy | None = None, mode: str | None = None,
+                 head: HeadConfig | None = None) -> dict:
         """The record of every setting, stored in each output's ``model`` field."""
         from dslo import __version__
 
         rec = dict(self.info)
         rec.update({
-            "mode": self.mode,
+            "mode": mode or self.mode,
             "head": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                     for k, v in self.head.as_dict().items()},
+                     for k, v in (head or self.head).as_dict().items()},
             "max_side": self.max_side,
             "post": self.post or "none",
             "background": (background or self.background).describe(),
@@ -124,10 +149,84 @@ class Segmenter:
         })
         return rec
 
+    # ---- encode once ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: ImageLike) -> Encoding:
+        """Run the model passes on one image: the logits model's dense features and the
+        attention affinity. ``image``: a path, PIL image, ``(H, W, 3)`` uint8 array or
+        ``(3, H, W)`` tensor."""
+        return self.encode_batch([image])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, images: Sequence[ImageLike], batch_size: int | None = None) -> list[Encoding]:
+        """:meth:`encode` for several images, in input order: images whose model input has the
+        same size share one pass of each model (mixed sizes form several groups), at most
+        ``batch_size`` per pass (None: a whole group). Models without batched passes
+        (:class:`dslo.models.BatchedLogits` / ``BatchedAffinity``) run one image at a time."""
+        self._need_logits_model()
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None; got {batch_size}")
+        loaded = [self._load(im) for im in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, small, _) in enumerate(loaded):
+            groups.setdefault(tuple(small.shape[:2]), []).append(i)
+        out: list[Encoding | None] = [None] * len(loaded)
+        for members in groups.values():
+            step = batch_size or len(members)
+            for s in range(0, len(members), step):
+                chunk = members[s:s + step]
+                smalls = [loaded[i][1] for i in chunk]
+                features = self._features(smalls)
+                affinities, grid = self._affinities(smalls)
+                for j, i in enumerate(chunk):
+                    rgb, small, name = loaded[i]
+                    out[i] = Encoding(rgb, small, name, None if features is None else features[j],
+                                      None if affinities is None else affinities[j], grid)
+        return out  # type: ignore[return-value]
+
+    def _features(self, smalls: list[np.ndarray]) -> torch.Tensor | None:
+        m = self.logits_model
+        if not isinstance(m, DenseFeatures):
+            return None
+        if len(smalls) == 1:
+            return m.dense_features(smalls[0])[None]
+        return m.dense_features_batch(smalls)
+
+    def _affinities(self, smalls: list[np.ndarray]) -> tuple[torch.Tensor | None, tuple[int, int] | None]:
+        m = self.attention_model
+        if m is None:
+            return None, None
+        if len(smalls) > 1 and isinstance(m, BatchedAffinity):
+            A, (h, w) = m.affinity_batch(smalls)
+            return A, (int(h), int(w))
+        outs = [m.affinity(s) for s in smalls]
+        h, w = outs[0][1]
+        return torch.stack([a for a, _ in outs]), (int(h), int(w))
+
+    # ---- decode many ------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, encoding: Encoding, classes: ClassesLike, background: object = None, *,
+               mode: str | None = None, **head_settings: Any) -> SegmentationResult:
+        """Segment an encoded image into ``classes``: the class scores (the text side alone when
+        the logits model has :class:`dslo.models.DenseFeatures`) and the head. ``mode`` and
+        ``head_settings`` (fields of :class:`dslo.head.HeadConfig`) replace the segmenter's for this
+        call only; no model layer runs for them. ``background``: as for :meth:`predict`."""
+        self._need_logits_model()
+        policy = self.background if background is None else parse_background(background)
+        user = normalize_classes(classes)
+        head_classes = ([policy.stuff_class(user)] + user) if policy.kind == "stuff" else user
+        if encoding.features is not None:
+            logits = self.logits_model.class_scores(encoding.features, head_classes)  # type: ignore[union-attr]
+        else:  # a logits model that cannot score apart from the image
+            logits = self.logits_model.logits(encoding.small, head_classes)  # type: ignore[union-attr]
+        affinity = None if encoding.affinity is None else (encoding.affinity, encoding.grid)
+        return self._refine(logits, encoding.image, encoding.small, encoding.image_name, user, head_classes,
+                            policy, affinity=affinity, mode=mode, head=self.head.replace(**head_settings))
+
     @torch.no_grad()
     def predict(self, image: ImageLike, classes: ClassesLike,
                 background: object = None) -> SegmentationResult:
-        """Segment one image into the given classes.
+        """Segment one image into the given classes: ``decode(encode(image), classes)``.
 
         image: a path, PIL image, ``(H, W, 3)`` uint8 numpy array or ``(3, H, W)`` torch tensor.
         classes: ``"cat, dog"``, a list of names / synonym lists, or a ``Path`` to a classes file.
@@ -135,49 +234,15 @@ class Segmenter:
             ``"stuff"`` or a list of stuff words (a ``background`` class, id 0), or a float
             threshold in (0, 1) on the CLIP class probability (low-confidence pixels → id 0).
         """
-        if self.logits_model is None:
-            raise RuntimeError("this segmenter has no logits model; use refine(logits, ...) instead")
-        policy = self.background if background is None else parse_background(background)
-        user = normalize_classes(classes)
-        head_classes = ([policy.stuff_class(user)] + user) if policy.kind == "stuff" else user
-        rgb, small, image_name = self._load(image)
-        logits = self.logits_model.logits(small, head_classes)
-        return self._refine(logits, rgb, small, image_name, user, head_classes, policy)
+        return self.decode(self.encode(image), classes, background)
 
     @torch.no_grad()
     def predict_batch(self, images: Sequence[ImageLike], classes: ClassesLike, background: object = None,
                       batch_size: int | None = None) -> list[SegmentationResult]:
-        """:meth:`predict` for several images, in input order, with the CLIP and attention passes
-        run over several images at once: images whose model input has the same size are batched
-        together (mixed sizes form several groups), at most ``batch_size`` per pass (None: a whole
-        group). The head runs per image. Labels are those of :meth:`predict`; scores agree to
-        float rounding (a batched matrix product may sum in another order).
-
-        Models without ``logits_batch`` / ``affinity_batch`` are called one image at a time."""
-        if self.logits_model is None:
-            raise RuntimeError("this segmenter has no logits model; use refine(logits, ...) instead")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None; got {batch_size}")
-        policy = self.background if background is None else parse_background(background)
-        user = normalize_classes(classes)
-        head_classes = ([policy.stuff_class(user)] + user) if policy.kind == "stuff" else user
-        loaded = [self._load(im) for im in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, small, _) in enumerate(loaded):
-            groups.setdefault(tuple(small.shape[:2]), []).append(i)
-        results: list[SegmentationResult | None] = [None] * len(loaded)
-        for members in groups.values():
-            step = batch_size or len(members)
-            for s in range(0, len(members), step):
-                chunk = members[s:s + step]
-                smalls = [loaded[i][1] for i in chunk]
-                logits = _batched(self.logits_model, "logits_batch", "logits", smalls, head_classes)
-                affinities = _batched(self.attention_model, "affinity_batch", "affinity", smalls)
-                for j, i in enumerate(chunk):
-                    rgb, small, name = loaded[i]
-                    results[i] = self._refine(logits[j], rgb, small, name, user, head_classes, policy,
-                                              affinity=(affinities[0][j], affinities[1]))
-        return results  # type: ignore[return-value]
+        """:meth:`predict` for several images, in input order, with the model passes batched
+        (:meth:`encode_batch`); the head runs per image. Labels are those of :meth:`predict`;
+        scores agree to float rounding (a batched matrix product may sum in another order)."""
+        return [self.decode(e, classes, background) for e in self.encode_batch(images, batch_size)]
 
     @torch.no_grad()
     def refine(self, logits: torch.Tensor, image: ImageLike, classes: ClassesLike,
@@ -200,6 +265,10 @@ class Segmenter:
         rgb, small, image_name = self._load(image)
         return self._refine(logits, rgb, small, image_name, user, user, policy)
 
+    def _need_logits_model(self) -> None:
+        if self.logits_model is None:
+            raise RuntimeError("this segmenter has no logits model; use refine(logits, ...) instead")
+
     def _load(self, image: ImageLike) -> tuple[np.ndarray, np.ndarray, str | None]:
         image_name = str(image) if isinstance(image, (str, os.PathLike)) else None
         rgb = to_rgb_array(image)
@@ -209,8 +278,12 @@ class Segmenter:
         return rgb, small, image_name
 
     def _refine(self, logits: torch.Tensor, rgb: np.ndarray, small: np.ndarray, image_name: str | None,
-                user: list[list[str]], head_classes: list[list[str]],
-                policy: BackgroundPolicy, affinity: tuple | None = None) -> SegmentationResult:
+                user: list[list[str]], head_classes: list[list[str]], policy: BackgroundPolicy,
+                affinity: tuple | None = None, mode: str | None = None,
+                head: HeadConfig | None = None) -> SegmentationResult:
+        mode = mode or self.mode
+        head = head or self.head
+        head_mode = get_mode(mode)
         if logits.ndim != 3 or logits.shape[0] != len(head_classes):
             raise ValueError(
                 f"logits of shape {tuple(logits.shape)} do not fit {len(head_classes)} classes: "
@@ -226,15 +299,15 @@ class Segmenter:
             names = [BACKGROUND_NAME] + names
         all_classes = ([[BACKGROUND_NAME]] + user) if policy.kind == "threshold" else head_classes
 
-        if affinity is not None:  # computed for a whole batch by predict_batch
-            affinity, grid = affinity
-        elif self.attention_model is None:  # a mode without the head was built without one
-            if get_mode(self.mode).runs_head:
-                raise RuntimeError(f"mode {self.mode!r} needs an attention model; this segmenter has none")
-            affinity, grid = torch.ones(1, 1), tuple(logits.shape[1:])  # not read by such a mode
+        if affinity is not None:  # computed by encode
+            A, grid = affinity
+        elif not head_mode.runs_head:  # the logits alone: no affinity is read
+            A, grid = torch.ones(1, 1), tuple(logits.shape[1:])
+        elif self.attention_model is None:
+            raise RuntimeError(f"mode {mode!r} needs an attention model; this segmenter has none")
         else:
-            affinity, grid = self.attention_model.affinity(small)
-        res = _head_refine(logits, affinity, small, mode=self.mode, grid=tuple(grid), config=self.head)
+            A, grid = self.attention_model.affinity(small)
+        res = _head_refine(logits, A, small, mode=mode, grid=tuple(grid), config=head)
         scores, labels_small = res.scores, res.labels
         if self.post == "pamr":  # the peers' optional post-process, on the maps the arg-max reads
             guide = torch.as_tensor(small, device=scores.device).permute(2, 0, 1).float() / 255.0
@@ -254,6 +327,7 @@ class Segmenter:
             conf = torch.nn.functional.interpolate(conf[None, None], size=(H, W), mode="bilinear",
                                                    align_corners=False)[0, 0].cpu()
             labels[conf < policy.threshold] = 0
+        seed_ids = None if res.seed_kept is None else (res.seed_kept.cpu() + shift).numpy()
         return SegmentationResult(
             labels=labels.numpy().astype(np.int64, copy=False),
             scores=scores.detach(),
@@ -261,11 +335,13 @@ class Segmenter:
             class_names=names,
             classes=[list(c) for c in all_classes],
             background=policy.describe(),
-            model=self.settings(policy) | _input_record(small.shape[:2]),
+            model=self.settings(policy, mode, head) | _input_record(small.shape[:2]),
             image=rgb,
             image_name=image_name,
             logits=logits.detach(),
-            grid=tuple(int(g) for g in res.grid),
+            grid=(int(res.grid[0]), int(res.grid[1])),
+            seeds=None if res.seeds is None else res.seeds.detach(),
+            seed_class_ids=seed_ids,
         )
 
 
@@ -284,30 +360,6 @@ def _input_record(small_hw: tuple[int, int]) -> dict:
     return rec
 
 
-def _batched(model: Any, batch_method: str, method: str, smalls: list[np.ndarray], *args: Any) -> Any:
-    """``model.<batch_method>(smalls, *args)`` when the model has it, else the per-image method
-    stacked: logits → ``(B, K, h, w)``; affinity → ``((B, N, N), grid)``."""
-    fn = getattr(model, batch_method, None)
-    if fn is not None:
-        return fn(smalls, *args)
-    outs = [getattr(model, method)(s, *args) for s in smalls]
-    if method == "affinity":
-        return torch.stack([a for a, _ in outs]), outs[0][1]
-    return torch.stack(outs)
-
-
-def _offline_logits_error() -> RuntimeError:
-    from dslo.models import WeightsNotFoundError
-
-    return WeightsNotFoundError(
-        "the offline preset needs a CLIP for the class evidence and clip-b16 weights are not on "
-        "this machine. Pass one: `dslo segment ... --model offline --logits DIR` or "
-        "`create_segmenter('offline', logits='DIR')`, where DIR is a CLIP in transformers format "
-        "(a folder written by CLIPModel.save_pretrained, e.g. a download of openai/clip-vit-base-patch16; "
-        "dslo.testing.make_tiny_clip(DIR) writes a tiny random one for trying the pipeline)"
-    )
-
-
 def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", device: str = "auto",
                      **overrides: Any) -> Segmenter:
     """Build a :class:`Segmenter` from a preset (a name from :func:`list_presets`, or a
@@ -321,7 +373,7 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     "pamr": PAMR on the score maps the arg-max reads) and any field of ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
     raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
     """
-    from dslo.models import create_attention_model, create_logits_model, weights_available
+    from dslo.models import create_attention_model, create_logits_model
 
     preset, implied = resolve_preset(name_or_preset)
     overrides = {**implied, **overrides}
@@ -334,11 +386,7 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     get_mode(mode)
     dev = resolve_device(device)
 
-    logits_name = overrides.get("logits") or preset.logits
-    if logits_name is None:  # offline preset with no CLIP given
-        if not weights_available("clip-b16"):
-            raise _offline_logits_error()
-        logits_name = "clip-b16"
+    logits_name = preset.logits_model(overrides.get("logits"))
     attention_name = overrides.get("attention") or preset.attention
     check_model_name("logits", logits_name)
     check_model_name("attention", attention_name)

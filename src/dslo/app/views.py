@@ -56,24 +56,18 @@ def coarse_argmax(result) -> Image.Image:
                                  result.background_index)
 
 
-def seeds(result, config) -> tuple[Image.Image, float]:
-    """The NMS seeds the head starts from: each patch where a class survived NMS (and early
-    rejection) in that class's colour; patches where none survived in grey.
-
-    config: the ``dslo.head.HeadConfig`` that produced ``result``. Returns the picture and the
-    fraction of patches seeded.
-    """
-    from dslo.head import image_config, seed_classes
-
+def seeds(result) -> tuple[Image.Image, float] | None:
+    """The NMS seeds the head started from (``result.seeds``, as the head computed them): each
+    patch where a class survived NMS (and early rejection) in that class's colour; patches where
+    none survived in grey. Returns the picture and the fraction of patches seeded; None for a
+    result of a mode without the head."""
+    if result.seeds is None:
+        return None
     grid = tuple(result.grid)
-    L = result.logits.float()
-    if tuple(L.shape[1:]) != grid:  # refine() resizes the evidence to the attention grid the same way
-        L = F.interpolate(L[None], size=grid, mode="bilinear", align_corners=False)[0]
-    flat = L.reshape(L.shape[0], -1)
-    # the seeds refine() used: the per-image rule may switch the recovery seeds off
-    a, kept = seed_classes(flat, image_config(flat, config, str(result.model.get("mode", "mv"))))
+    a = result.seeds.float().cpu()
+    ids_of = torch.as_tensor(result.seed_class_ids, dtype=torch.int64)
     seeded = (a > 0).any(0)
-    ids = (kept[a.argmax(0)] + _score_shift(result)).where(seeded, torch.zeros_like(kept[:1]))
+    ids = ids_of[a.argmax(0)].where(seeded, torch.zeros_like(ids_of[:1]))
     small = _model_image(result)
     size = small.shape[:2]
     over = np.asarray(outputs.overlay_image(small, _nearest(ids.reshape(grid).cpu().numpy(), size),

@@ -21,6 +21,7 @@ _SUBCOMMANDS = [
     "dslo.cli.evaluate",
     "dslo.cli.app",
     "dslo.cli.cache",
+    "dslo.cli.data",
 ]
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
-        return f"out of memory ({exc or 'allocation failed'}); try a smaller --max-side"
+        return f"out of memory ({str(exc) or 'allocation failed'}); try a smaller --max-side"
     if isinstance(exc, KeyError):  # str(KeyError) is the repr of the key
         return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
     if isinstance(exc, OSError) and exc.filename and exc.strerror:

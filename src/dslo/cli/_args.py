@@ -23,6 +23,21 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key, value
 
 
+def max_side_arg(text: str) -> int:
+    """``--max-side N``: at least 16, or 0 for never downscaling."""
+    n = int(text)
+    if n < 0 or 0 < n < 16:
+        raise argparse.ArgumentTypeError("--max-side must be 0 (never downscale) or at least 16")
+    return n
+
+
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return n
+
+
 MODE_HELP = "head mode (default: the preset's); `dslo models` lists the modes"
 
 

@@ -12,8 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dslo.cli._args import parse_setting
-from dslo.cli.segment import max_side_arg
+from dslo.cli._args import max_side_arg, parse_setting
 
 
 def register(subparsers) -> None:
@@ -49,33 +48,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _loader(args: argparse.Namespace):
-    def load():
-        from dslo.cli.segment import segmenter_kwargs
-        from dslo.segmenter import create_segmenter
-
-        # the page chooses mode and background per request; the loaded segmenter keeps the defaults
-        as_cli = argparse.Namespace(**{**vars(args), "mode": None})
-        return create_segmenter(args.model, **segmenter_kwargs(as_cli, background=None))
-    return load
-
-
-def _request_maker(args: argparse.Namespace):
-    """``(classes, background, mode, nms_threshold) -> request``: the record ``dslo segment`` would
-    stamp into its outputs for the same models, settings and request (so the app's downloads are
-    byte for byte the CLI's files, provenance included)."""
-    from dslo.classes import parse_background
-    from dslo.cli.segment import segment_request
-
-    def make(classes, background: str, mode: str, nms_threshold: float | None) -> dict:
-        settings = [(k, v) for k, v in args.settings if k != "nms_threshold" or nms_threshold is None]
-        if nms_threshold is not None:
-            settings.append(("nms_threshold", float(nms_threshold)))
-        as_cli = argparse.Namespace(**{**vars(args), "settings": settings, "mode": mode})
-        return segment_request(as_cli, classes, parse_background(background, None))
-    return make
-
-
 def _check_port(host: str, port: int) -> None:
     """Fail before the models load (which takes a while) when the address cannot be served."""
     try:
@@ -106,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from dslo.app.page import build_page
     from dslo.app.service import AppService
 
-    service = AppService(_loader(args), request_of=_request_maker(args))
+    from dslo.cli.segment import model_choice
+
+    models = model_choice(args, mode=None)
+    models.head_settings()  # a bad --set or model option fails now, not after the models load
+    service = AppService(models)
     page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5))
     page.queue(default_concurrency_limit=1)
     print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import MODE_HELP, mode_arg, parse_setting
+from dslo.cli._args import MODE_HELP, max_side_arg, mode_arg, parse_setting
 
 
 def _positive_float(text: str) -> float:
@@ -19,13 +19,6 @@ def _positive_float(text: str) -> float:
     if not 0.0 < v < 1.0:
         raise argparse.ArgumentTypeError("--background-threshold must be a probability in (0, 1)")
     return v
-
-
-def _max_side(text: str) -> int:
-    n = int(text)
-    if n < 0 or 0 < n < 16:
-        raise argparse.ArgumentTypeError("--max-side must be 0 (never downscale) or at least 16")
-    return n
 
 
 def register(subparsers) -> None:
@@ -44,7 +37,8 @@ def register(subparsers) -> None:
                    help="the dataset's folder (with --dataset all: the folder holding VOCdevkit/, "
                         "coco_stuff164k/, ADEChallengeData2016/, cityscapes/)")
     p.add_argument("--split", default=None, help="split (default: val; CamVid: test)")
-    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--output", "-o", type=Path, metavar="DIR",
+                   help="output folder (default runs/PRESET, or runs/PRESET-DATASET for one benchmark)")
     p.add_argument("--model", default="default", metavar="PRESET",
                    help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
     p.add_argument("--logits", metavar="NAME|DIR",
@@ -71,7 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--short-side", type=int, metavar="N",
                    help="CLIP input short side (default: the method's published one for a peer method, "
                         "else the benchmark's, 336; Cityscapes 560)")
-    p.add_argument("--max-side", type=_max_side, default=None, metavar="N",
+    p.add_argument("--max-side", type=max_side_arg, default=None, metavar="N",
                    help="downscale larger images to this side for the models (default: the "
                         "benchmark's, 1024; Cityscapes 1120; 0 = never)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (smoke tests)")
@@ -132,18 +126,14 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
         # cache) within a `--dataset all` run: models load once, not eight times.
         key = (resize["logits_short_side"], resize["max_side"])
         if key not in _SEGMENTERS:
-            from dslo.segmenter import create_segmenter
+            from dslo.cli.segment import model_choice
 
-            kw = dict(overrides)
-            for name in ("logits", "attention"):
-                if getattr(args, name):
-                    kw[name] = getattr(args, name)
-            if "short_side" in kw.get("logits_options", {}):
+            options = dict(args.logits_options)
+            if "short_side" in options:
                 raise ValueError("set the CLIP input size with --short-side (it is part of the protocol)")
-            kw["logits_options"] = {**kw.get("logits_options", {}), "short_side": resize["logits_short_side"]}
-            _SEGMENTERS[key] = create_segmenter(
-                args.model, device=_device(args.device), max_side=resize["max_side"], **kw,
-            )
+            _SEGMENTERS[key] = model_choice(
+                args, device=_device(args.device), max_side=resize["max_side"],
+                logits_options={**options, "short_side": resize["logits_short_side"]}).create_segmenter()
         return _SEGMENTERS[key]
 
     shard = Shard.from_env()
@@ -168,12 +158,9 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    from dslo.cli.segment import check_settings
-    from dslo.presets import PRESETS
+    from dslo.cli.segment import model_choice
 
-    preset = PRESETS.get(args.model)  # every setting checked before any model loads
-    check_settings(args, args.logits or (preset.logits if preset else None) or "clip-b16",
-                   args.attention or (preset.attention if preset else None))
+    model_choice(args, max_side=None).head_settings()  # every setting checked before any model loads
     if args.quiet:
         from dslo.cli._args import quiet_libraries
 
@@ -193,7 +180,12 @@ def _run(args: argparse.Namespace) -> int:
     from dslo.eval.runner import Shard
     from dslo.outputs import atomic_write_text
 
-    if args.dataset.strip().lower() != "all":
+    one = args.dataset.strip().lower() != "all"
+    if args.output is None:  # runs/<preset>[-<dataset>]: a folder name from the request, said aloud
+        label = Path(str(args.model)).name + ("" if not one else f"-{canonical_name(args.dataset)}")
+        args.output = Path("runs") / label
+        print(f"dslo eval: writing to {args.output} (--output chooses another folder)", file=sys.stderr)
+    if one:
         evaluate_one(args, canonical_name(args.dataset), args.data_root, args.output)
         return 0
 

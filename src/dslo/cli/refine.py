@@ -11,13 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dslo.cli.segment import (
-    InputImage,
-    add_class_args,
-    add_common_args,
-    read_class_args,
-    write_outputs,
-)
+from dslo.cli.segment import add_class_args, add_common_args, model_choice, read_class_args
 
 
 def load_logits(path: str | Path):
@@ -102,12 +96,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dslo.classes import parse_background
     from dslo.cli._args import quiet_libraries
-    from dslo.cli._plan import check_output_dir, check_output_names, plan_resume, remove_files, stale_error
-    from dslo.cli.segment import OUTPUT_KINDS, check_settings
+    from dslo.engines.plan import check_output_location, check_output_names, plan_resume, remove_files, stale_error
     from dslo.imageio import to_rgb_array
+    from dslo.inputs import InputItem
     from dslo.models import create_attention_model
     from dslo.models.registry import check_model_name
     from dslo.models.weights import resolve_device
+    from dslo.outputs import write_result
     from dslo.segmenter import Segmenter
 
     classes = read_class_args(args)
@@ -118,21 +113,21 @@ def run(args: argparse.Namespace) -> int:
             f"{args.logits_file} has {logits.shape[0]} class maps but {len(classes)} classes were "
             "given; pass the classes in the order of the logits"
         )
-    head = check_settings(args, None, args.attention)
+    # the head's own defaults (no preset: the logits come from elsewhere), checked with --set
+    head = model_choice(args, preset="").head_settings()
     to_rgb_array(args.image)  # a missing or broken image fails now, not after the model loads
     request = {
         "command": "refine", "classes": [list(c) for c in classes], "background": background.describe(),
         "logits_file": str(args.logits_file), "logits_sha256": _digest(args.logits_file),
         "attention": str(args.attention), "mode": args.mode, "head": head,
-        "attention_options": dict(sorted(dict(args.attention_options).items())), "max_side": args.max_side,
+        "attention_options": dict(sorted(dict(args.attention_options).items())), "max_side": args.max_side or None,
     }
-    check_output_dir(args.output)
-    image = InputImage(args.image, Path(args.image.stem))
-    errors = check_output_names({image.path: [image.output(args.output, k) for k in OUTPUT_KINDS]}, [image.path])
-    if errors:
-        raise ValueError(errors[0])
-    plan = plan_resume([image], lambda im, k: im.output(args.output, k), args.save, list(OUTPUT_KINDS),
-                       request, overwrite=args.overwrite)
+    check_output_location(args.output)
+    image = InputItem(str(args.image.resolve()), str(args.image), args.image.stem)
+    names = check_output_names([image], args.output)
+    if names.errors:
+        raise ValueError(names.errors[0])
+    plan = plan_resume([image], args.output, args.save, request, overwrite=args.overwrite)
     if plan.stale:
         raise stale_error(plan, 1, args.output)
     if plan.done:
@@ -145,11 +140,11 @@ def run(args: argparse.Namespace) -> int:
     check_model_name("attention", args.attention)
     attention = create_attention_model(args.attention, device=str(device), **dict(args.attention_options))
     seg = Segmenter(None, attention, mode=args.mode, head_settings=dict(args.settings),
-                    max_side=args.max_side, background=background,
+                    max_side=args.max_side or None, background=background,
                     info={"preset": None, "logits": f"file:{args.logits_file}",
                           "attention": str(args.attention), "device": str(device)})
     result = seg.refine(logits.to(device), args.image, classes)
-    write_outputs(result, image, args.output, args.save, request)
-    remove_files(plan.remove.get(image, ()))
+    write_result(result, args.output, image.stem, args.save, image_name=image.name, request=request)
+    remove_files(plan.remove.get(image.stem, ()))
     print(f"dslo refine: wrote {', '.join(args.save)} for {args.image} -> {args.output}", file=sys.stderr)
     return 0

@@ -14,12 +14,12 @@ from typing import Any
 
 from dslo.eval.classes import file_sha256, resolve_class_file
 from dslo.eval.datasets import DATASETS, SegDataset
+from dslo.imageio import DEFAULT_MAX_SIDE
 
 # SPEC §2: whole-image inference, CLIP input short side 336 (Cityscapes 560), aspect kept, no
 # sliding window. max_side caps the image the models see; for Cityscapes (2048×1024) it is set to
 # 2 × 560 so CLIP gets 1120×560 straight from the downscaled frame rather than an upscale of 1024×512.
 DEFAULT_SHORT_SIDE = 336
-DEFAULT_MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)

@@ -99,11 +99,6 @@ def dataset_classes(dataset: SegDataset, background_threshold: float | None) -> 
     return [list(c) for c in dataset.classes[1:]], float(background_threshold)
 
 
-def predict_labels(segmenter: Any, sample: Sample, classes, background, num_classes: int) -> np.ndarray:
-    """One image → ``(H, W)`` train ids at the label's size."""
-    return predict_many(segmenter, [sample], classes, background, num_classes)[0]
-
-
 def predict_many(segmenter: Any, samples: Sequence[Sample], classes, background,
                  num_classes: int) -> list[np.ndarray]:
     """Several images → their ``(H, W)`` train ids; one ``predict_batch`` call when there are

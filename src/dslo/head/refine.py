@@ -34,13 +34,18 @@ class RefineResult:
     """``labels (H, W)`` int64 indices into the K given classes; ``scores (K', H, W)`` the
     upsampled per-class scores (the discrepancy maps with ``fusion="none"``, the fused
     ``log P + λ·D̂`` otherwise); ``kept (K',)`` the class index of each score row; ``weight`` the
-    fused readout's λ for this image (None without fusion)."""
+    fused readout's λ for this image (None without fusion); ``seeds (K'', N)`` the class
+    distributions the head starts from (NMS seeds, zero where suppressed; with λ = 0 the readout does
+    not read them) and ``seed_kept (K'',)`` their class indices, None for a mode without the head,
+    so a front end shows the head's steps without running it again."""
 
     labels: torch.Tensor
     scores: torch.Tensor
     kept: torch.Tensor
     grid: tuple[int, int] = field(default=(0, 0))
     weight: float | None = None
+    seeds: torch.Tensor | None = None
+    seed_kept: torch.Tensor | None = None
 
 
 def infer_grid(n: int, like: tuple[int, int]) -> tuple[int, int]:
@@ -158,11 +163,14 @@ def refine(
 
     flat = L.reshape(K, N)
     lam, seed_cfg = image_fusion(flat, cfg, mode)
+    a, kept = seed_classes(flat, seed_cfg)  # O(K·N): kept for the result even when unread
     if lam == 0:  # clean evidence decides alone: the head's maps would not be read, so skip them
-        return read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
-    a, kept = seed_classes(flat, seed_cfg)
-    D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
-    return read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode, weight=lam)
+        res = read_out(logits, flat, None, None, tuple(grid), img, cfg, mode, weight=lam)
+    else:
+        D = discrepancy(a, A, mode, cfg, matrix=transport_matrix(A, mode, cfg))
+        res = read_out(logits, flat, D, kept, tuple(grid), img, cfg, mode, weight=lam)
+    res.seeds, res.seed_kept = a, kept
+    return res
 
 
 def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None, kept: torch.Tensor | None,
