@@ -33,8 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EvidenceConfig", "PRESETS", "cell_evidence", "logits_grid", "patch_fractions", "make_evidence",
-           "stable_seed"]
+__all__ = ["EvidenceConfig", "PRESETS", "logits_grid", "patch_fractions", "make_evidence", "stable_seed"]
 
 
 @dataclass(frozen=True)
@@ -172,14 +171,3 @@ def make_evidence(
 
     logits = cfg.cos_low + (cfg.cos_high - cfg.cos_low) * ev
     return logits.float()
-
-
-def cell_evidence(label: np.ndarray, k: int, cell: int = 16, noise: float = 0.02, seed: int = 0) -> torch.Tensor:
-    """The quick-start figure's stand-in: ``(H, W)`` ids (``k`` = ignore) → ``(k, H/cell, W/cell)``
-    CLIP-like logits, the class fractions of each ``cell``×``cell`` block (a partial last block is
-    dropped) in [0.15, 0.25] plus white noise. Simpler than :func:`make_evidence` (no blur, no
-    confusion, no distractors); kept as it is so docs/quickstart-*.png stay reproducible."""
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)).clamp(max=k), k + 1)
-    frac = torch.nn.functional.avg_pool2d(onehot.permute(2, 0, 1)[None].float()[:, :k], cell)[0]
-    g = torch.Generator().manual_seed(seed)
-    return 0.15 + 0.1 * frac + noise * torch.randn(frac.shape, generator=g)

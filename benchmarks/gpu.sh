@@ -51,8 +51,8 @@ else
 fi
 
 echo "gpu.sh: head timing on $device" >&2
-"$python" benchmarks/head_speed.py --device "$device" "${head_args[@]}" --json "$out_dir/head_speed_${tag}.json"
+"$python" -m benchmarks.head_speed --device "$device" "${head_args[@]}" --json "$out_dir/head_speed_${tag}.json"
 echo "gpu.sh: presets end to end on $device" >&2
-"$python" benchmarks/speed.py --device "$device" --dtype "$dtype" "${speed_args[@]}" \
+"$python" -m benchmarks.speed --device "$device" --dtype "$dtype" "${speed_args[@]}" \
   --out "$out_dir/speed_${tag}.json"
 echo "gpu.sh: wrote $out_dir/head_speed_${tag}.md and $out_dir/speed_${tag}.md in $(( $(date +%s) - start )) s" >&2

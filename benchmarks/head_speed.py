@@ -1,6 +1,6 @@
 """Speed and peak memory of the DSLO head, stage by stage.
 
-    python benchmarks/head_speed.py [--quick] [--device cpu|cuda|all] [--json OUT]
+    python -m benchmarks.head_speed [--quick] [--device cpu|cuda|all] [--json OUT]
 
 Inputs are synthetic but shaped like the real thing: logits in the CLIP cosine range on an
 h×w grid, and a "semantic" affinity (patches attend mostly to patches of their own random Voronoi
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import devices, markdown_table, peak_memory, time_ms  # noqa: E402
-
-from dslo.head import (  # noqa: E402
+from benchmarks.common import atomic_write_text, devices, markdown_table, peak_memory, time_ms
+from dslo.head import (
     HeadConfig,
     ipf,
     joint_bilateral_upsample,
@@ -31,7 +29,6 @@ from dslo.head import (  # noqa: E402
     refine,
     seed_classes,
 )
-from dslo.outputs import atomic_write_text  # noqa: E402
 
 
 def semantic_affinity(h: int, w: int, regions: int = 6, seed: int = 0) -> torch.Tensor:
@@ -107,7 +104,7 @@ def main(argv=None) -> int:
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     header = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)"
-    table = markdown_table(fmt, cols)
+    table = markdown_table(cols, fmt, fmt="{}")
     print(header)
     print(table)
     if args.json:  # the rows as JSON, and the printed table next to them as markdown

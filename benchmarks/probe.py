@@ -1,6 +1,6 @@
 """Real-model class evidence: a linear probe on ``focus-s14`` patch features ("probe" strength).
 
-The synthetic strengths of ``evidence.py`` degrade the ground truth with a noise generator. This
+The synthetic strengths of :mod:`benchmarks.evidence` degrade the ground truth with a noise generator. This
 one has the errors of a real model instead: a multinomial logistic regression on the final patch
 tokens of the offline ViT-S/14 (the same forward that gives the affinity, cached beside it),
 **fit on one half of a dataset's images and applied to the other half** (two folds by image index
@@ -8,7 +8,7 @@ parity, so every image's evidence comes from a probe that never saw it). Its mis
 of a weak real classifier: look-alike classes confused, boundaries smooth, rare classes missed
 (with 81 COCO-Object classes and 82 training images, some classes are seen once or never).
 
-The class probabilities are resized to the CLIP-B/16 evidence grid (``evidence.logits_grid``) and
+The class probabilities are resized to the CLIP-B/16 evidence grid (:func:`benchmarks.evidence.logits_grid`) and
 mapped to CLIP's cosine range like the synthetic strengths: ``logit = 0.15 + 0.15 · p``.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from evidence import EvidenceConfig, logits_grid, patch_fractions
+
+from benchmarks.evidence import EvidenceConfig, logits_grid, patch_fractions
 
 __all__ = ["ProbeConfig", "fit_probe", "LinearProbeEvidence"]
 

@@ -1,7 +1,7 @@
 """What the DSLO head is worth on real images with real attention.
 
 For the real annotated images of ``../shared/data`` (CamVid test, the COCO-Object subset) this
-builds coarse, noisy class evidence from the ground truth (``evidence.py``: a CLIP-like stand-in,
+builds coarse, noisy class evidence from the ground truth (:mod:`benchmarks.evidence`: a CLIP-like stand-in,
 since no CLIP weights can be downloaded here), takes the patch affinity of the offline
 ``focus-s14`` ViT-S/14, and scores five ways of turning the evidence into a label map with the
 project's own metric (``dslo.eval.metrics.IoUAccumulator``):
@@ -16,10 +16,10 @@ Every class of the dataset is in the vocabulary (CamVid 11, COCO-Object 81, so o
 head's top-k early rejection keeps 10 classes). Affinities are computed once per image and cached
 under ``~/.cache/dslo/bench`` (``$DSLO_BENCH_CACHE``).
 
-    python benchmarks/refine_real.py --quick            # 10 + 10 images, medium (< 3 min on 2 CPU cores)
-    python benchmarks/refine_real.py                    # all 397 images, 3 evidence strengths
-    python benchmarks/refine_real.py --sweep-only --sweep-images 40       # every sensitivity sweep
-    python benchmarks/refine_real.py --presets medium --set nms_threshold=0.6   # any head setting
+    python -m benchmarks.refine_real --quick            # 10 + 10 images, medium (< 3 min on 2 CPU cores)
+    python -m benchmarks.refine_real                    # all 397 images, 3 evidence strengths
+    python -m benchmarks.refine_real --sweep-only --sweep-images 40       # every sensitivity sweep
+    python -m benchmarks.refine_real --presets medium --set nms_threshold=0.6   # any head setting
 
 Results and what they mean: docs/benchmarks.md.
 """
@@ -40,9 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import (  # noqa: E402
+from benchmarks.common import (
     DATASET_DIRS,
     DEFAULT_DATA_ROOT,
     RESULTS_DIR,
@@ -52,15 +50,15 @@ from _bench import (  # noqa: E402
     spaced_subset,
     write_json,
 )
-from evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed  # noqa: E402
-from probe import LinearProbeEvidence  # noqa: E402
-
-from dslo.cli import parse_setting  # noqa: E402
-from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.eval.metrics import IoUAccumulator  # noqa: E402
-from dslo.head import (  # noqa: E402
+from benchmarks.evidence import PRESETS, EvidenceConfig, logits_grid, make_evidence, stable_seed
+from benchmarks.probe import LinearProbeEvidence
+from dslo.cli import parse_setting
+from dslo.eval.datasets import get_dataset
+from dslo.eval.metrics import IoUAccumulator
+from dslo.head import (
     MODE_TABLE,
     HeadConfig,
+    evidence_posterior,
     joint_bilateral_upsample,
     refine,
     resize_to_grid,
@@ -109,7 +107,7 @@ def jbu_baseline(
     elif source != "logits":
         raise ValueError(f"source must be 'attention' or 'logits', got {source!r}")
     if values == "softmax":
-        X = torch.softmax(cfg.nms_scale * X, dim=0)
+        X = evidence_posterior(X, cfg.nms_scale)
     elif values != "raw":
         raise ValueError(f"values must be 'softmax' or 'raw', got {values!r}")
     up = joint_bilateral_upsample(X, image, cfg.sigma_spatial, cfg.sigma_range, cfg.jbu_radius)
@@ -145,13 +143,14 @@ class Item:
     index: int = -1  # position in the dataset (its parity picks the half: settings are chosen on even)
 
 
-def _item(ds: Any, i: int) -> Item:
+def load_item(ds: Any, i: int) -> Item:
+    """The ``i``-th image of dataset ``ds`` with its label."""
     s = ds[i]
     return Item(ds.name, s.stem, s.load_image(), s.load_label(), ds.num_classes, i)
 
 
 EVIDENCE_OVERRIDES: dict[str, Any] = {}  # --evidence-set
-STRENGTHS = [*PRESETS, "probe"]  # the synthetic strengths, then the linear probe (probe.py)
+STRENGTHS = [*PRESETS, "probe"]  # the synthetic strengths, then the linear probe (benchmarks.probe)
 PROBES: dict[str, LinearProbeEvidence] = {}  # dataset -> its probe evidence (fit lazily)
 
 
@@ -406,7 +405,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="head settings (dslo.head.HeadConfig fields) for every run, e.g. nms_threshold=0.6; "
                          "unknown fields fail in HeadConfig.replace")
     ap.add_argument("--evidence-set", nargs="+", default=[], type=parse_setting, metavar="FIELD=VALUE",
-                    help="change evidence.EvidenceConfig fields of every strength, e.g. noise_amp=0.1")
+                    help="change benchmarks.evidence.EvidenceConfig fields of every strength, e.g. noise_amp=0.1")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the markdown of a saved JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -436,7 +435,7 @@ def run(args: argparse.Namespace) -> dict:
         names[ds] = list(dset.class_names)
         main_idx = [] if args.sweep_only else spaced_subset(len(dset), n_main)
         sweep_idx = spaced_subset(len(dset), args.sweep_images) if (args.sweep or args.sweep_only) else []
-        loaded = {i: _item(dset, i) for i in sorted(set(main_idx) | set(sweep_idx))}
+        loaded = {i: load_item(dset, i) for i in sorted(set(main_idx) | set(sweep_idx))}
         main_items[ds] = [loaded[i] for i in main_idx]
         # the probe of each half is fit on the other half of this run's images
         PROBES[ds] = make_probe(dset, cache, pool=main_idx or sweep_idx)
@@ -444,7 +443,7 @@ def run(args: argparse.Namespace) -> dict:
 
     report: dict = {
         "meta": {
-            "command": "python benchmarks/refine_real.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.refine_real " + " ".join(sys.argv[1:]),
             "attention": {"model": ATTENTION, "settings": settings or "model defaults",
                           "model_repr": None},
             "evidence_grid": "CLIP B/16 at short side 336 (evidence.logits_grid)",

@@ -22,8 +22,8 @@ masks, overlays and JSON into a fresh folder. Columns:
 - ``Ray overhead``: the share of a worker's span (first image start to last image end) it was not
   busy with an image, relative to its busy time: what the pipeline adds per image.
 
-    python benchmarks/scale.py                      # 40 images, local / Ray 1 / Ray 2
-    python benchmarks/scale.py --images 6 --clip tiny   # smoke test
+    python -m benchmarks.scale                      # 40 images, local / Ray 1 / Ray 2
+    python -m benchmarks.scale --images 6 --clip tiny   # smoke test
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import (  # noqa: E402
+from benchmarks.common import (
+    DEFAULT_DATA_ROOT,
+    REPO_ROOT,
     RESULTS_DIR,
     atomic_write_text,
     bench_cache_dir,
@@ -50,8 +50,7 @@ from _bench import (  # noqa: E402
     write_json,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
+CAMVID = DEFAULT_DATA_ROOT / "camvid"
 
 # Runs `dslo segment` with timing marks: when the models are loaded (local engine) and how long
 # text embeddings took (the driver's, for Ray). Printed as one JSON line on stdout.
@@ -83,10 +82,10 @@ def random_clip_b16(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from models_speed import _clip
+    from benchmarks.models_speed import random_clip
 
     torch.manual_seed(0)
-    model = _clip("clip-b16", torch.device("cpu"), torch.float32)
+    model = random_clip("clip-b16", torch.device("cpu"), torch.float32)
     tmp = folder.with_name(folder.name + ".tmp")
     model.model.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
@@ -98,7 +97,7 @@ def run_engine(label: str, images: Path, clip: Path, out: Path, extra: list[str]
     cmd = [sys.executable, "-c", _RUNNER, "segment", str(images), "--model", "offline", "--logits",
            str(clip), "--classes-file", str(CAMVID / "classes.txt"), "-o", str(out), "--device", "cpu",
            "-q", *extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"[scale] {label} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     marks = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}

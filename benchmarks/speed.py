@@ -2,13 +2,13 @@
 
 Real CLIP / DINOv2 / SD2 weights cannot be downloaded here, so each Hub-backed model is built
 **with random weights from its real architecture** (the published configs, via
-``benchmarks/models_speed.py``'s ``build``: same layers, widths, heads, patch size, the registry's
+``benchmarks.models_speed.build``: same layers, widths, heads, patch size, the registry's
 default input size); speed and memory do not depend on the weight values, with one exception
 stated in the table: the M.V. chain runs until every patch has arrived, and how many steps that
 takes depends on the attention (column ``mv_steps``). ``focus-s14`` uses its real weights.
 
 Random CLIP logits are meaningless (every class ties everywhere), so the head is fed the timing
-frame's GT-derived medium evidence (``evidence.py``) on the CLIP grid instead; the CLIP forward
+frame's GT-derived medium evidence (``benchmarks.evidence``) on the CLIP grid instead; the CLIP forward
 is still run and timed. Image: a 480×360 CamVid test frame with its ground truth, vocabulary the
 11 CamVid classes. End to end = CLIP logits + ``Segmenter.refine`` (attention, head,
 upsampling), i.e. what ``Segmenter.predict`` runs. The text embeddings are computed once per
@@ -19,9 +19,9 @@ Per stage, the best of ``--repeat`` runs after one warm-up (other load on a shar
 ever adds time). Peak memory: CPU — the resident-set high-water mark added by one image (reset
 before it) and the process's peak RSS (weights included); GPU — ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/speed.py --quick          # default + offline presets, < 3 min on 2 CPU cores
-    python benchmarks/speed.py                  # every preset, CPU
-    python benchmarks/speed.py --device cuda    # every preset on the GPU
+    python -m benchmarks.speed --quick          # default + offline presets, < 3 min on 2 CPU cores
+    python -m benchmarks.speed                  # every preset, CPU
+    python -m benchmarks.speed --device cuda    # every preset on the GPU
 """
 
 from __future__ import annotations
@@ -38,20 +38,19 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import (  # noqa: E402
+from benchmarks.common import (
     RESULTS_DIR,
+    TIMING_IMAGE,
     atomic_write_text,
+    best_of,
     markdown_table,
     maxrss_bytes,
+    module_command,
+    peak_memory,
     run_worker,
     write_json,
 )
-from _measure import best_of, peak_memory  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = REPO.parent / "shared" / "data" / "camvid" / "test" / "0001TP_008550.png"
 QUICK_PRESETS = ["default", "offline"]
 STAGES = ["logits", "attention", "seeds", "ipf", "discrepancy", "jbu"]
 
@@ -108,7 +107,7 @@ def frame_and_label(image_path: Path | None) -> tuple[np.ndarray, np.ndarray, st
     ../shared/data: random pixels and a blocky random label of the same size."""
     from dslo.imageio import read_image_file
 
-    path = image_path or IMAGE
+    path = image_path or TIMING_IMAGE
     label_path = path.parent.parent / (path.parent.name + "annot") / path.name
     if path.is_file() and label_path.is_file():
         from dslo.eval.datasets import read_label_png
@@ -127,7 +126,7 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
                    one_template: bool = False, batch_sizes: Sequence[int] = (1,), dtype: str = "auto") -> dict:
     """One preset, in this process: build, warm up, time every stage and the whole pipeline.
 
-    The head gets the frame's GT-derived medium evidence (``evidence.py``) on the CLIP grid in
+    The head gets the frame's GT-derived medium evidence (``benchmarks.evidence``) on the CLIP grid in
     place of the random CLIP's logits, so NMS and early rejection keep a realistic set of classes;
     the CLIP forward is still run and timed. End to end = ``logits_model.logits`` +
     ``Segmenter.refine`` (attention, head, upsampling to the image) on the same image — what
@@ -141,8 +140,8 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     import os
     import tempfile
 
-    from evidence import PRESETS, make_evidence, stable_seed
-    from models_speed import build, modules_of
+    from benchmarks.evidence import PRESETS, make_evidence, stable_seed
+    from benchmarks.models_speed import build, modules_of
 
     from dslo.eval.classes import read_class_file
     from dslo.head import HeadConfig, refine
@@ -325,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--repeat", type=int, default=None,
                     help="timed runs per stage (best is reported; default 3, quick 1)")
-    ap.add_argument("--image", type=Path, default=None, help=f"image to time on (default {IMAGE.name} from CamVid)")
+    ap.add_argument("--image", type=Path, default=None, help=f"image to time on (default {TIMING_IMAGE.name} from CamVid)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON output (.md beside it); default benchmarks/results/speed_<device>[_quick].json")
     ap.add_argument("--one-template", action="store_true",
@@ -353,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     t0 = time.perf_counter()
     for name in presets:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--device", args.device,
-               "--repeat", str(repeat), "--dtype", args.dtype, "--batch-sizes", *map(str, args.batch_sizes)] \
+        cmd = module_command("benchmarks.speed", "--worker", name, "--device", args.device,
+                             "--repeat", str(repeat), "--dtype", args.dtype, "--batch-sizes", *map(str, args.batch_sizes)) \
             + (["--image", str(args.image)] if args.image else []) \
             + (["--one-template"] if args.one_template or args.quick else [])
         row = run_worker(cmd, name)
@@ -364,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"measured {name}: {rows[-1]['predict_ms']:.0f} ms/image", file=sys.stderr, flush=True)
     from dslo.eval.classes import read_class_file
 
-    meta = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    meta = {"command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
             "repeat": repeat, "seconds": round(time.perf_counter() - t0, 1), "dtype": args.dtype,
             "batch_sizes": args.batch_sizes,

@@ -1,7 +1,7 @@
 """What a vocabulary costs before the first image: CLIP text embeddings before and after the
 persistent cache and the length-sorted encoding, measured in one process, same conditions.
 
-    python benchmarks/text_speed.py [--models clip-b16 clip-l14] [--repeat 3]
+    python -m benchmarks.text_speed [--models clip-b16 clip-l14] [--repeat 3]
 
 Per model (random init from the real config, as in ``speed.py``; the tokenizer is the tiny
 byte-level one of ``dslo.testing``, so prompts are longer in tokens than with CLIP's BPE — the
@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import RESULTS_DIR, atomic_write_text, markdown_table, write_json  # noqa: E402
+from benchmarks.common import RESULTS_DIR, atomic_write_text, markdown_table, write_json
 
 NEW_VOCAB = ["giraffe", "umbrella", "kitchen sink", "skateboard", "hot air balloon", "lighthouse",
              "fire hydrant", "sailboat", "cactus", "violin"]
@@ -59,7 +58,7 @@ def before(model, names: list[str]) -> torch.Tensor:
 
 
 def measure(name: str, repeat: int, n_templates: int = 80) -> list[dict]:
-    from models_speed import build
+    from benchmarks.models_speed import build
 
     from dslo.eval.classes import read_class_file
 
@@ -120,7 +119,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "text_speed_cpu.json")
     args = ap.parse_args()
     rows = [r for m in args.models for r in measure(m, args.repeat, args.templates)]
-    meta = {"templates": args.templates, "command": "python benchmarks/text_speed.py " + " ".join(sys.argv[1:]),
+    meta = {"templates": args.templates, "command": "python -m benchmarks.text_speed " + " ".join(sys.argv[1:]),
             "machine": f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__})",
             "repeat": args.repeat, "load_average": round(os.getloadavg()[0], 1)}
     write_json(args.out, {"meta": meta, "rows": rows})

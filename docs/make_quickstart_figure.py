@@ -27,13 +27,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dslo.eval.metrics import IoUAccumulator
+from dslo.outputs import atomic_save_image, overlay_image
+
 DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS.parent / "benchmarks"))
 
-from evidence import cell_evidence  # noqa: E402  (the benchmarks' evidence generators, one module)
 
-from dslo.eval.metrics import IoUAccumulator  # noqa: E402
-from dslo.outputs import atomic_save_image, overlay_image  # noqa: E402
+def cell_evidence(label: np.ndarray, k: int, cell: int = 16, noise: float = 0.02, seed: int = 0) -> torch.Tensor:
+    """The figure's stand-in for CLIP: ``(H, W)`` ids (``k`` = ignore) → ``(k, H/cell, W/cell)``
+    CLIP-like logits, the class fractions of each ``cell``×``cell`` block (a partial last block is
+    dropped) in [0.15, 0.25] plus white noise. Simpler than the benchmarks' evidence
+    (``benchmarks.evidence.make_evidence``: no blur, no confusion, no distractors); kept as it is
+    so docs/quickstart-*.png stay reproducible."""
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)).clamp(max=k), k + 1)
+    frac = torch.nn.functional.avg_pool2d(onehot.permute(2, 0, 1)[None].float()[:, :k], cell)[0]
+    g = torch.Generator().manual_seed(seed)
+    return 0.15 + 0.1 * frac + noise * torch.randn(frac.shape, generator=g)
 
 
 def scores(pred: np.ndarray, label: np.ndarray, k: int) -> tuple[float, float]:

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_data_dirs
+
+from benchmarks import common, evidence
+from benchmarks.evidence import EvidenceConfig, logits_grid, make_evidence, patch_fractions, stable_seed
+from dslo.head import MODE_TABLE, discrepancy
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import _bench  # noqa: E402
-import evidence  # noqa: E402
-from conftest import needs_data_dirs  # noqa: E402
-from evidence import EvidenceConfig, logits_grid, make_evidence, patch_fractions, stable_seed  # noqa: E402
-
-from dslo.head import MODE_TABLE, discrepancy  # noqa: E402
 
 CLEAN = EvidenceConfig(blur_sigma=0.0, noise_amp=0.0, confusion_prob=0.0, distractors=0)
 
@@ -132,23 +129,23 @@ def test_presets_degrade_in_order():
 
 
 def test_spaced_subset_and_table():
-    assert _bench.spaced_subset(10, 3) == [0, 4, 9]
-    assert _bench.spaced_subset(5, None) == list(range(5))
-    assert _bench.spaced_subset(5, 9) == list(range(5))
-    assert _bench.spaced_subset(5, 1) == [0]
-    t = _bench.markdown_table(["a", "b"], [["x", 1.234], ["y", float("nan")]])
+    assert common.spaced_subset(10, 3) == [0, 4, 9]
+    assert common.spaced_subset(5, None) == list(range(5))
+    assert common.spaced_subset(5, 9) == list(range(5))
+    assert common.spaced_subset(5, 1) == [0]
+    t = common.markdown_table(["a", "b"], [["x", 1.234], ["y", float("nan")]])
     assert t.splitlines() == ["| a | b |", "|---|---|", "| x | 1.2 |", "| y | – |"]
 
 
 def test_maxrss_is_at_least_the_current_process_size():
     big = np.ones(32 * 2**20 // 8)  # 32 MiB, touched
-    assert _bench.maxrss_bytes() >= big.nbytes
+    assert common.maxrss_bytes() >= big.nbytes
     del big
 
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
     p = tmp_path / "sub" / "x.json"
-    _bench.write_json(p, {"a": (1, 2), "b": np.float32(0.5)})
+    common.write_json(p, {"a": (1, 2), "b": np.float32(0.5)})
     assert json.loads(p.read_text()) == {"a": [1, 2], "b": 0.5}
     assert [q.name for q in p.parent.iterdir()] == ["x.json"]
 
@@ -158,7 +155,7 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
 def test_refine_real_smoke_run_and_cache(tmp_path, monkeypatch):
     """One image per dataset, real focus-s14 attention at a small input: every method scores,
     and a second run served from the attention cache gives identical numbers."""
-    import refine_real
+    from benchmarks import refine_real
 
     monkeypatch.setenv("DSLO_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r.json"
@@ -197,7 +194,7 @@ def _semantic_affinity(h: int, w: int) -> torch.Tensor:
 def test_speed_head_stages_reproduce_refine(mode):
     """The stage-by-stage head that speed.py times is the head, for every mode of the head's table
     (kl was once timed as optimal path): same labels and scores as refine()."""
-    import speed
+    from benchmarks import speed
 
     from dslo.head import HeadConfig, refine
 
@@ -222,7 +219,7 @@ def test_speed_head_stages_reproduce_refine(mode):
 def test_speed_head_stages_seed_as_the_rule_step_says():
     """In a step of the λ rule whose recovery flag is off, speed.py's stages seed without recovery,
     as refine() does: a thin column (P = 0.48 < θ) that only the recovery seeds give a map."""
-    import speed
+    from benchmarks import speed
 
     from dslo.head import HeadConfig, evidence_margin, refine
 
@@ -245,7 +242,7 @@ def test_speed_head_stages_seed_as_the_rule_step_says():
 
 
 def test_mv_steps_reads_the_latest_arrival():
-    import speed
+    from benchmarks import speed
 
     arrival = torch.tensor([[0.0, 1.0, 2.4], [0.0, 3.0, 0.5]])
     assert speed.mv_steps(1.0 / (1.0 + arrival)) == 3
@@ -254,7 +251,7 @@ def test_mv_steps_reads_the_latest_arrival():
 @pytest.mark.slow
 def test_speed_offline_preset_in_process():
     """The offline preset (real focus-s14, random-init CLIP B/16) end to end, one repeat."""
-    import speed
+    from benchmarks import speed
 
     row = speed.measure_preset("offline", torch.device("cpu"), repeat=1, image_path=None, one_template=True)
     assert row["stages_match_refine"] is True
@@ -297,7 +294,7 @@ def _toy_records(seed: int = 0, per_cell: int = 5, K: int = 3) -> dict:
     """select_readout-style records of two evidence strengths: each image's margin, and confusions
     of the baselines, the paper readout and the fused variants at every grid λ (the fused labels
     get better or worse with λ by an image-specific amount, so rules differ)."""
-    import select_readout as sr
+    from benchmarks.readout import select_readout as sr
 
     rng = np.random.default_rng(seed)
     rec = {}
@@ -320,7 +317,7 @@ def _toy_records(seed: int = 0, per_cell: int = 5, K: int = 3) -> dict:
 
 
 def _naive_rule_score(rec, th, lv, tags):
-    import select_readout as sr
+    from benchmarks.readout import select_readout as sr
 
     key = sr.add_rule(rec, "mv", th, lv, tags)
     worst = sr.worst_margin(rec, key, None)
@@ -335,7 +332,7 @@ def test_in_sample_rule_search_matches_a_naive_loop():
     through add_rule / worst_margin / table: with two steps the naive loop over every rule finds
     the same best score; with three, the found rule's numbers are the naive ones and no rule of a
     random sample of 300 scores better."""
-    import select_readout as sr
+    from benchmarks.readout import select_readout as sr
 
     rec = _toy_records()
     margins = np.array([r["stats"]["log_odds"] for r in rec.values()])
@@ -363,7 +360,7 @@ def test_in_sample_rule_search_matches_a_naive_loop():
 def test_rule_statistics_bracket_the_rules_margin():
     """rule_statistics.py's log-odds quartiles bracket the library's evidence_margin (the median the
     default rule reads), and the attention-based statistics see a clean two-block image as clean."""
-    import rule_statistics
+    from benchmarks.readout import rule_statistics
 
     from dslo.head import evidence_margin
 

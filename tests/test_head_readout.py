@@ -12,13 +12,18 @@ import torch.nn.functional as F
 
 from dslo.errors import SettingsError
 from dslo.head import (
+    EVIDENCE_SCALE,
+    MODE_TABLE,
+    FusionRule,
     HeadConfig,
     candidate_classes,
     class_argmax,
     discrepancy,
     evidence_ambiguity,
     evidence_margin,
+    evidence_posterior,
     fuse,
+    fusion_rule,
     fusion_step,
     fusion_weight,
     image_config,
@@ -30,7 +35,9 @@ from dslo.head import (
     seed_classes,
     upsample_maps,
 )
-from dslo.head.readout import FUSION_RECOVER, FUSION_RULE
+
+# every mode of the table with a fused-readout rule (all that run the head)
+RULE_MODES = [name for name, m in MODE_TABLE.items() if m.fusion_rule is not None]
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -75,7 +82,8 @@ def test_refine_fused_equals_the_pipeline_written_out():
     flat = L.reshape(4, -1)
     a, kept = seed_classes(flat, image_config(flat, cfg, "mv"))
     D = discrepancy(a, A, "mv", cfg)
-    lam = fusion_weight(evidence_margin(flat), *FUSION_RULE["mv"])
+    rule = MODE_TABLE["mv"].fusion_rule
+    lam = fusion_weight(evidence_margin(flat), rule.thresholds, rule.levels)
     assert lam > 0  # this evidence is noisy: the fused branch runs
     up_p = F.interpolate(torch.log_softmax(40 * L, 0)[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
     cand = candidate_classes(torch.log_softmax(40 * L, 0), kept, cfg.fusion_extra)
@@ -150,8 +158,11 @@ def test_clean_evidence_gets_plain_upsampling_and_noisy_evidence_the_head():
     assert torch.equal(r.labels, refine(clean, A, img, mode="none").labels)
     assert set(r.kept.tolist()) == {0, 1}  # scores kept only for the classes that win a pixel
     noisy = logits(K, 6, 6, seed=7)
-    assert evidence_margin(noisy.reshape(K, -1)) < FUSION_RULE["mv"][0][0]
-    assert refine(noisy, A, img).weight == FUSION_RULE["mv"][1][-1]
+    for mode in RULE_MODES:
+        rule = MODE_TABLE[mode].fusion_rule
+        assert evidence_margin(noisy.reshape(K, -1)) < rule.thresholds[0]
+        assert refine(noisy, A, img, mode=mode).weight == rule.levels[-1]
+        assert refine(clean, A, img, mode=mode).weight == rule.levels[0] == 0.0
     # the rule's settings: a custom rule, and a fixed λ over the rule
     assert refine(noisy, A, img, fusion_thresholds=(0.0, 100.0), fusion_levels=(0.0, 3.0, 9.0)).weight == 3.0
     assert refine(noisy, A, img, fusion_weight=1.5).weight == 1.5
@@ -270,18 +281,50 @@ def test_class_argmax_equals_torch_argmax_including_ties():
     assert torch.equal(class_argmax(S[:1]), torch.zeros(33, dtype=torch.int64))
 
 
-def test_readout_settings_as_the_command_line_gives_them():
-    # --set fusion=none is parsed to None; --set fusion_levels=0,4,16 to a string
-    assert HeadConfig(fusion=None).fusion == "none"
-    cfg = HeadConfig(fusion_thresholds="1.5, 3", fusion_levels="0,4,16")
+def test_readout_settings_are_typed_values_only():
+    # the command line turns text into these (dslo.cli parse_setting; tests/test_cli.py)
+    cfg = HeadConfig(fusion_thresholds=[1.5, 3], fusion_levels=(0, 4, 16))
     assert cfg.fusion_thresholds == (1.5, 3.0) and cfg.fusion_levels == (0.0, 4.0, 16.0)
-    with pytest.raises(ValueError, match="list of numbers"):
-        HeadConfig(fusion_levels="0,four,16")
+    for bad in (dict(fusion_levels="0,4,16"), dict(fusion_thresholds="1.5, 3"), dict(fusion_levels=(0, "four", 16)),
+                dict(fusion_recover="1,0,1"), dict(fusion_recover=(1, 0, 1)), dict(fusion=None)):
+        with pytest.raises(SettingsError, match="tuple of|fusion None"):
+            HeadConfig(**bad)
+
+
+def test_every_mode_of_the_table_has_a_valid_rule_and_a_partial_override_is_checked_against_each():
+    for name, mode in MODE_TABLE.items():
+        rule = mode.fusion_rule
+        assert (rule is None) == (not mode.runs_head), name
+        if rule is None:
+            assert fusion_rule(HeadConfig(), name) is None
+            continue
+        assert isinstance(rule, FusionRule) and rule.levels[0] == 0.0  # clean evidence: plain upsampling
+        assert len(rule.recover) == len(rule.levels) == len(rule.thresholds) + 1
+        assert fusion_rule(HeadConfig(), name) == rule
+        # a part set in the config replaces the mode's, the others stay the mode's
+        assert fusion_rule(HeadConfig(fusion_thresholds=(1.0, 2.0)), name) == FusionRule((1.0, 2.0), rule.levels,
+                                                                                         rule.recover)
+        # more levels than the rule's flags: the last flag repeats for the extra step
+        four = HeadConfig(fusion_thresholds=(1.0, 2.0, 3.0), fusion_levels=(0.0, 1.0, 2.0, 3.0))
+        assert fusion_rule(four, name).recover == rule.recover + rule.recover[-1:]
+    with pytest.raises(SettingsError, match="one more entry"):
+        HeadConfig(fusion_thresholds=(1.0,))  # 1 threshold against the modes' 3 levels
+    with pytest.raises(ValueError, match="ascend"):
+        FusionRule((2.0, 1.0), (0.0, 1.0, 2.0), (True, True, True))
+
+
+def test_evidence_posterior_is_the_one_softmax_at_the_one_scale():
+    L = logits(4, 3, 5, seed=8)
+    assert EVIDENCE_SCALE == 40.0 == HeadConfig().nms_scale  # SPEC §4: s = 40
+    P = evidence_posterior(L)
+    naive = torch.exp(40 * L) / torch.exp(40 * L).sum(0, keepdim=True)
+    torch.testing.assert_close(P, naive)
+    torch.testing.assert_close(evidence_posterior(L, 10.0, log=True), torch.log_softmax(10 * L, 0))
+    masked, keep = nms(L.reshape(4, -1))
+    assert torch.equal(keep, evidence_posterior(L.reshape(4, -1)) >= 0.5)
 
 
 def test_the_rule_step_switches_recovery_seeds_as_fusion_recover_says():
-    thresholds, levels = FUSION_RULE["mv"]
-    assert len(FUSION_RECOVER) == len(levels)
     assert [fusion_step(m, (1.0, 2.0)) for m in (2.5, 2.0, 1.5, 0.5)] == [0, 0, 1, 2]
     cfg = HeadConfig(recover_threshold=0.25, fusion_recover=(True, False, True))
     flat = torch.zeros(3, 4)
@@ -315,12 +358,32 @@ def test_refine_seeds_without_recovery_in_the_middle_step():
     assert (on.labels[:, 18:22] == 1).all() and not torch.equal(on.labels, off.labels)
 
 
-def test_fusion_recover_as_the_command_line_gives_it_and_its_errors():
-    assert HeadConfig(fusion_recover="1,0,1").fusion_recover == (True, False, True)
-    assert HeadConfig(fusion_recover="true, false, true").fusion_recover == (True, False, True)
+def test_fusion_recover_errors():
     with pytest.raises(SettingsError, match="one flag per fusion level"):
         HeadConfig(fusion_recover=(True, False))
-    with pytest.raises(SettingsError, match="true/false"):
-        HeadConfig(fusion_recover="1,maybe,0")
     with pytest.raises(SettingsError, match="True/False"):
         HeadConfig(fusion_recover=(1, 0, 1))
+    assert HeadConfig(fusion_recover=[True, False, False]).fusion_recover == (True, False, False)
+
+
+def test_readout_settings_as_the_command_line_gives_them():
+    # dslo.cli's parse_setting turns the text of `--set KEY=VALUE` into typed values for HeadConfig
+    import argparse
+
+    from dslo.cli import parse_setting
+
+    given = ["fusion=none", "fusion_thresholds=1.5, 3", "fusion_levels=0,4,16", "fusion_recover=1,0,yes",
+             "recover_threshold=none", "upsample=bilinear"]
+    settings = dict(parse_setting(t) for t in given)
+    assert settings == {"fusion": "none", "fusion_thresholds": (1.5, 3), "fusion_levels": (0, 4, 16),
+                        "fusion_recover": (True, False, True), "recover_threshold": None, "upsample": "bilinear"}
+    cfg = HeadConfig(**settings)
+    assert cfg.fusion == "none" and cfg.fusion_levels == (0.0, 4.0, 16.0) and cfg.fusion_recover == (True, False, True)
+    assert HeadConfig(**dict([parse_setting("fusion_recover=true, false, true")])).fusion_recover == (True, False, True)
+    # one number for a one-threshold rule; a setting that is not the head's reads as before
+    assert parse_setting("fusion_thresholds=2.5") == ("fusion_thresholds", 2.5)
+    assert parse_setting("post=none") == ("post", None) and parse_setting("layers=-2,-1") == ("layers", (-2, -1))
+    with pytest.raises(argparse.ArgumentTypeError, match="true/false"):
+        parse_setting("fusion_recover=1,maybe,0")
+    with pytest.raises(SettingsError, match="tuple of numbers"):
+        HeadConfig(**dict([parse_setting("fusion_levels=0,four,16")]))

@@ -8,9 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dslo.head import HeadConfig, refine, seed_classes
-
-MODES = ["mv", "op", "kl", "none"]
+from dslo.head import MODE_TABLE, MODES, HeadConfig, refine, seed_classes
 
 
 def row_stochastic(n: int, seed: int = 0) -> torch.Tensor:
@@ -35,7 +33,7 @@ def test_one_class_labels_everything_with_it():
 def test_class_with_every_patch_suppressed_never_wins():
     L = torch.rand(3, 5, 5) * 0.05 + 0.2
     L[1] -= 0.2  # class 1 loses everywhere
-    for mode in ("mv", "op", "kl"):
+    for mode in (m for m, spec in MODE_TABLE.items() if spec.runs_head):
         r = refine(L, row_stochastic(25), np.zeros((20, 20, 3), np.uint8), mode=mode)
         assert 1 not in r.kept.tolist() and not (r.labels == 1).any()
         assert r.scores.shape == (len(r.kept), 20, 20)

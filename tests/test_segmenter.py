@@ -255,7 +255,9 @@ def test_overrides_and_model_creation(monkeypatch):
                          nms_threshold=0.7, logits_options={"short_side": 224})
     assert made == [("logits", "clip-b16", "cpu", {"short_side": 224}),
                     ("attention", "dinov2-b14", "cpu", {})]
-    assert s.mode == "op" and s.max_side == 512 and s.head_settings == {"nms_threshold": 0.7}
+    assert s.mode == "op" and s.max_side == 512
+    # the paper's head (the preset's: SPEC §8) with the override on top
+    assert s.head_settings == {"fusion": "none", "recover_threshold": None, "nms_threshold": 0.7}
     assert s.info == {"preset": "paper-op", "logits": "clip-b16", "attention": "dinov2-b14",
                       "device": "cpu", "dtype": "auto"}
     made.clear()

@@ -139,6 +139,9 @@ def describe_segmenter(segmenter: Any) -> dict[str, Any]:
     settings = getattr(segmenter, "settings", None)
     if callable(settings):
         rec.update(_jsonable(settings()))
+    readout = readout_record(getattr(segmenter, "mode", None), getattr(segmenter, "head", None))
+    if readout is not None:
+        rec["readout"] = readout
     for attr in ("logits_model", "attention_model"):
         m = getattr(segmenter, attr, None)
         if m is not None:
@@ -149,6 +152,19 @@ def describe_segmenter(segmenter: Any) -> dict[str, Any]:
 
     rec["versions"] = {"dslo": __version__, "torch": torch.__version__, "python": platform.python_version()}
     return rec
+
+
+def readout_record(mode: str | None, head: Any) -> dict[str, Any] | None:
+    """Which label readout produced the numbers: ``{"paper": bool, "description": str}``, so a
+    result says whether it is the paper's method (SPEC §4, what the ``paper-*`` presets run) or the
+    product's fused readout (SPEC §8). None without a head record."""
+    from dslo.head import HeadConfig, get_mode
+
+    if not isinstance(head, HeadConfig) or mode is None:
+        return None
+    if not get_mode(mode).runs_head:
+        return {"paper": False, "description": "no head: the logits upsampled bilinearly, arg-max"}
+    return {"paper": head.paper_readout, "description": head.describe_readout()}
 
 
 def _describe_model(m: Any) -> dict[str, Any]:

@@ -3,16 +3,18 @@
 Knows nothing about models: it takes class logits ``(K, h, w)``, a patch affinity ``(N, N)`` and
 the image, and returns a segmentation. Every function keeps tensors on the device they arrive on.
 Imports only torch and the leaf :mod:`dslo.errors`. The modes are one table,
-:data:`MODE_TABLE` (``dslo.head.modes``); the settings one frozen record, :class:`HeadConfig`.
+:data:`MODE_TABLE` (``dslo.head.modes``, each mode with its fused-readout rule); the settings one
+frozen record, :class:`HeadConfig`; the evidence's class posterior one function,
+:func:`evidence_posterior`, with one scale, :data:`EVIDENCE_SCALE`.
 """
 
 from .config import HeadConfig
-from .modes import MODE_TABLE, MODES, Mode, discrepancy, get_mode, transport_matrix
+from .evidence import EVIDENCE_SCALE, evidence_ambiguity, evidence_margin, evidence_posterior
+from .modes import MODE_TABLE, MODES, Mode, discrepancy, fusion_rule, get_mode, transport_matrix
 from .readout import (
+    FusionRule,
     candidate_classes,
     class_argmax,
-    evidence_ambiguity,
-    evidence_margin,
     fuse,
     fusion_step,
     fusion_weight,
@@ -37,8 +39,10 @@ from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 from .velocity import kl_map, maximum_velocity
 
 __all__ = [
+    "EVIDENCE_SCALE",
     "MODES",
     "MODE_TABLE",
+    "FusionRule",
     "HeadConfig",
     "Mode",
     "RefineResult",
@@ -49,7 +53,9 @@ __all__ = [
     "early_rejection",
     "evidence_ambiguity",
     "evidence_margin",
+    "evidence_posterior",
     "fuse",
+    "fusion_rule",
     "fusion_step",
     "fusion_weight",
     "get_mode",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# The floor of every division and logarithm in the head (a maximum, a column sum, a Sinkhorn
+# marginal): far below any value the head divides by, far above float32's smallest normal (1e-38).
+TINY = 1e-30
+
 
 def working_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 stays float64; every other dtype (float16, bfloat16, ints) computes in float32."""
@@ -23,11 +27,6 @@ def check_finite(t: torch.Tensor, name: str) -> None:
             f"{name} contains {bad} NaN or infinite value(s) (shape {tuple(t.shape)}); "
             "the head needs finite inputs — check the model that produced them"
         )
-
-
-def check_ndim(t: torch.Tensor, ndim: int, name: str, layout: str) -> None:
-    if t.ndim != ndim:
-        raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
 
 
 def check_square(t: torch.Tensor, name: str) -> None:

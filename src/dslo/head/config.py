@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SettingsError, check_choice, check_known
+from .evidence import EVIDENCE_SCALE
 
 UPSAMPLERS = ("jbu", "bilinear")
 OP_COSTS = ("ipf", "attention")
@@ -29,7 +30,7 @@ class HeadConfig:
     dslo.errors.SettingsError: unknown upsample 'bilnear': choose one of 'jbu', 'bilinear'; did you mean bilinear?
     """
 
-    nms_scale: float = 40.0  # logit scale s of the class softmax used by NMS
+    nms_scale: float = EVIDENCE_SCALE  # s of the evidence posterior softmax_c(s·L) (NMS, seeds, readout, λ rule)
     nms_threshold: float = 0.5  # θ: class probability below which a patch logit is suppressed
     norm_scale: float = 1.0  # r: temperature of the per-class softmax over patches (SPEC: measured best)
     top_k: int | None = 10  # early rejection: classes kept when K > top_k_above (None: no limit)
@@ -52,13 +53,12 @@ class HeadConfig:
     # the evidence's class posterior (log P_c + λ·D̂_c); "none" is the paper's argmax_c JBU(D_c).
     fusion: str = "evidence"
     fusion_weight: float | None = None  # λ; None: per image, a step function of the evidence's margin
-    # the per-image rule (readout.fusion_weight): ascending margin thresholds (top-two log-odds) and
-    # one more λ levels, clean to noisy; None: the mode's rule chosen on real images (readout.FUSION_RULE)
+    # the per-image rule (readout.FusionRule): ascending margin thresholds (top-two log-odds) and
+    # one more λ levels, clean to noisy; None: the mode's rule (Mode.fusion_rule of MODE_TABLE)
     fusion_thresholds: tuple[float, ...] | None = None
     fusion_levels: tuple[float, ...] | None = None
     # per step of the rule, whether the recovery seeds (recover_threshold) are used there; None:
-    # readout.FUSION_RECOVER, chosen with the rule (off in the middle step; a custom rule with more
-    # steps uses its last flag for the extra ones)
+    # the mode's rule's flags (a rule with more steps repeats its last flag for the extra ones)
     fusion_recover: tuple[bool, ...] | None = None
     fusion_extra: int | None = 10  # at most this many classes beyond the head's (readout.candidate_classes)
     # Classes NMS drops entirely are re-seeded at the patches where they are the evidence's arg-max
@@ -69,8 +69,6 @@ class HeadConfig:
         check_choice("upsample", self.upsample, UPSAMPLERS)
         check_choice("op_cost", self.op_cost, OP_COSTS)
         check_choice("readout", self.readout, READOUTS)
-        if self.fusion is None:  # `--set fusion=none` arrives as None from the command line
-            object.__setattr__(self, "fusion", "none")
         check_choice("fusion", self.fusion, FUSIONS)
         _number("nms_threshold", self.nms_threshold, low=0.0, high=1.0, what="a probability in (0, 1)")
         for name in ("nms_scale", "norm_scale", "eps", "delta", "sigma_spatial", "sigma_range"):
@@ -84,7 +82,6 @@ class HeadConfig:
         _integer("jbu_max_side", self.jbu_max_side, 0, none_ok=True)  # 0 or None: no limit
         _non_negative("fusion_weight", self.fusion_weight, none_ok=True)
         self._check_fusion_rule()
-        self._check_fusion_recover()
         _integer("fusion_extra", self.fusion_extra, 0, none_ok=True)
         if self.recover_threshold is not None:
             _number("recover_threshold", self.recover_threshold, low=0.0, high=1.0,
@@ -94,52 +91,62 @@ class HeadConfig:
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def _check_fusion_rule(self) -> None:
-        from .readout import FUSION_RULE, check_fusion_rule
-
-        rule = []
+        """Typed values only (the command line turns "0,4,16" into a tuple: dslo.cli parse_setting);
+        numbers become a tuple of floats. The parts given must fit the rule of every mode."""
         for name in ("fusion_thresholds", "fusion_levels"):
             v = getattr(self, name)
             if v is None:
-                rule.append(None)
                 continue
-            if isinstance(v, str):  # "2.3,3.9" from the command line (--set fusion_levels=0,4,16)
-                v = [x for x in v.replace(" ", "").split(",") if x]
-            try:
-                v = tuple(float(x) for x in ((v,) if isinstance(v, (int, float)) else v))
-            except (TypeError, ValueError):
-                raise SettingsError(f"{name} must be a list of numbers, got {v!r}") from None
-            object.__setattr__(self, name, v)
-            rule.append(v)
-        thresholds, levels = rule
-        if thresholds is None and levels is None:
-            return
-        # one given: the other from the M.V. rule, so a partial override is checked against it
-        thresholds = thresholds if thresholds is not None else FUSION_RULE["mv"][0]
-        levels = levels if levels is not None else FUSION_RULE["mv"][1]
-        try:
-            check_fusion_rule(thresholds, levels)
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
-
-    def _check_fusion_recover(self) -> None:
-        from .readout import FUSION_RULE
-
+            if _is_number(v):
+                v = (v,)
+            if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(_is_number(x) for x in v):
+                raise SettingsError(f"{name} must be a tuple of numbers such as (2.1, 2.9), got {v!r}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
         v = self.fusion_recover
-        if v is None:
+        if v is not None:
+            if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(isinstance(x, bool) for x in v):
+                raise SettingsError(f"fusion_recover must be a tuple of True/False such as (True, False, True), one per "
+                                    f"fusion level, got {v!r}")
+            object.__setattr__(self, "fusion_recover", tuple(v))
+        if self.fusion_thresholds is None and self.fusion_levels is None and self.fusion_recover is None:
             return
-        if isinstance(v, str):  # "1,0,1" or "true,false,true" from the command line
-            words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-            parts = [x.lower() for x in v.replace(" ", "").split(",") if x]
-            if any(x not in words for x in parts):
-                raise SettingsError(f"fusion_recover must be a list of true/false (or 1/0), got {v!r}")
-            v = [words[x] for x in parts]
-        if isinstance(v, bool) or not all(isinstance(x, bool) for x in v):
-            raise SettingsError(f"fusion_recover must be a list of True/False, one per fusion level, got {v!r}")
-        v = tuple(v)
-        levels = self.fusion_levels if self.fusion_levels is not None else FUSION_RULE["mv"][1]
-        if len(v) != len(levels):
-            raise SettingsError(f"fusion_recover needs one flag per fusion level: {len(levels)} levels, {len(v)} flags")
-        object.__setattr__(self, "fusion_recover", v)
+        from .modes import MODE_TABLE  # the modes' rules; modes.py imports this module
+
+        for mode in MODE_TABLE.values():
+            if mode.fusion_rule is None:
+                continue
+            try:
+                mode.fusion_rule.replace(self.fusion_thresholds, self.fusion_levels, self.fusion_recover)
+            except ValueError as e:
+                raise SettingsError(f"{e} (with the {mode.name!r} mode's rule "
+                                    f"{mode.fusion_rule.thresholds} → {mode.fusion_rule.levels})") from None
+
+    @classmethod
+    def paper(cls, **settings: Any) -> HeadConfig:
+        """The paper's head exactly (SPEC §4): label ``argmax_c JBU(D_c)`` over the classes that
+        survive NMS (``fusion="none"``), NMS seeds only (``recover_threshold=None``), every other
+        setting the SPEC default; ``settings`` change others (a Table 2-style ablation).
+
+        >>> HeadConfig.paper().paper_readout, HeadConfig().paper_readout
+        (True, False)
+        """
+        return cls(fusion="none", recover_threshold=None).replace(**settings)
+
+    @property
+    def paper_readout(self) -> bool:
+        """Whether the label readout is the paper's: no fusion with the evidence, no recovery seeds."""
+        return self.fusion == "none" and self.recover_threshold is None
+
+    def describe_readout(self) -> str:
+        """Which label readout runs, in words, for the records beside every result."""
+        if self.paper_readout:
+            return "paper: argmax_c JBU(D_c) over the NMS classes (SPEC §4)"
+        if self.fusion == "none":
+            return f"paper's argmax_c JBU(D_c), with recovery seeds at {self.recover_threshold} (SPEC §8)"
+        rule = ("fixed λ = " + str(self.fusion_weight)) if self.fusion_weight is not None else \
+            "per-image λ rule of the mode" + ("" if self.fusion_thresholds is None and self.fusion_levels is None
+                                              and self.fusion_recover is None else ", changed by the settings")
+        return f"fused: argmax_c log P_c + λ·D̂_c, {rule} (SPEC §8)"
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -159,6 +166,10 @@ class HeadConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _number(name: str, value: object, *, low: float, high: float | None = None, what: str) -> None:

@@ -13,70 +13,60 @@ evidence grid (as plain upsampling, method (a); JBU of the evidence blurs thin c
 evidence it loses several mIoU to bilinear), ``D̂`` with the head's JBU (its maps follow the
 attention grid). With λ = 0 the label map is exactly ``refine(mode="none")``'s.
 
-λ is set per image from the image's own evidence (:func:`fusion_weight` of
-:func:`evidence_margin`): clean evidence keeps its own posterior (λ = 0: exactly plain
-upsampling), noisy evidence hands the decision to the attention.
+λ is set per image from the image's own evidence (a :class:`FusionRule` of the
+:func:`~dslo.head.evidence_margin`, each mode's in :data:`dslo.head.MODE_TABLE`): clean evidence
+keeps its own posterior (λ = 0: exactly plain upsampling), noisy evidence hands the decision to
+the attention.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_float
-
-_TINY = 1e-30
-
-# The per-image λ rule of each discrepancy: a step function of the evidence's median top-two
-# log-odds (evidence_margin), ``(thresholds, levels)``: λ = levels[0] = 0 at or above the upper
-# threshold (clean evidence decides alone: plain upsampling), levels[1] between, levels[2] below
-# the lower one. Chosen on the even-index half of all 233 CamVid and 164 COCO-Object images, four
-# evidence strengths (benchmarks/select_readout.py: the rule with the best worst-case margin over
-# max(bilinear, JBU, paper M.V. − 0.5) per cell and over bilinear's thin-class IoU; thresholds
-# shared by the modes; docs/benchmarks.md §1b). One cell stays below that target: CamVid probe by
-# 0.003 (M.V.) / 0.004 (O.P.) mIoU, from one held-out image at margin 2.76 where every λ > 0 loses;
-# 3-step rules on this margin miss it by 0.0014 even fitted on all images, the one 4-step rule that
-# ties there loses 0.22 on the even half alone, and no other per-image statistic tried separates
-# that image from CamVid medium's.
-FUSION_RULE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mv": ((2.14, 2.86), (0.0, 6.0, 24.0)),
-    "op": ((2.14, 2.86), (0.0, 4.0, 12.0)),
-}
-# Recovery seeds per step of the rule (clean to noisy), chosen with it: off in the middle step,
-# where the re-seeded classes are mostly the noise's (CamVid medium, M.V.: 53.0 without them
-# against 52.0 with, best λ each), on in the noisiest (where they recover classes the NMS of
-# such evidence drops: COCO-Object probe). The clean step's λ = 0 never reads the seeds.
-FUSION_RECOVER: tuple[bool, ...] = (True, False, True)
-FUSION_RULE["kl"] = FUSION_RULE["mv"]
+from ._checks import TINY, as_float
 
 
-def evidence_ambiguity(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
-    """Share of the image's patches whose evidence is ambiguous: ``1 − mean_i max_c P[c, i]`` with
-    ``P = softmax_c(scale · L)``, in ``[0, 1 − 1/K]`` (0: every patch certain of one class).
+@dataclass(frozen=True)
+class FusionRule:
+    """The fused readout's per-image λ rule: a step function of the evidence margin
+    (:func:`dslo.head.evidence_margin`), clean to noisy.
 
-    Args: ``flat_logits (K, N)``. Returns a Python float."""
-    L = as_float(flat_logits, "logits")
-    P = torch.softmax(scale * L.reshape(L.shape[0], -1), dim=0)
-    return float(1.0 - P.amax(dim=0).mean())
+    ``thresholds`` ascend; an image whose margin is below ``j`` of them is in step ``j`` (0: the
+    cleanest) and gets λ = ``levels[j]`` (``levels[0] = 0``: clean evidence decides alone, plain
+    upsampling); ``recover[j]``: whether the recovery seeds (``recover_threshold``) are used in step
+    ``j``. Each mode of :data:`dslo.head.MODE_TABLE` carries its own (``Mode.fusion_rule``)."""
 
+    thresholds: tuple[float, ...]
+    levels: tuple[float, ...]
+    recover: tuple[bool, ...]
 
-def evidence_margin(flat_logits: torch.Tensor, scale: float = 40.0) -> float:
-    """How clean the image's evidence is: the median over patches of the log-odds of its top class
-    over the runner-up, ``median_i scale·(L_(1),i − L_(2),i)`` (``+inf`` for one class).
+    def __post_init__(self) -> None:
+        check_fusion_rule(self.thresholds, self.levels)
+        if len(self.recover) != len(self.levels) or not all(isinstance(x, bool) for x in self.recover):
+            raise ValueError(f"fusion_recover needs one flag per fusion level (True/False): {len(self.levels)} levels, "
+                             f"got {self.recover!r}")
 
-    Unlike :func:`evidence_ambiguity` it does not grow with the number of absent classes (81 in
-    COCO-Object, whose many low scores add posterior mass to every patch): on the real images of
-    the benchmark it separates clean from noisy evidence on both data sets with one threshold.
+    def step(self, margin: float) -> int:
+        """The step an image whose evidence margin is ``margin`` falls in (:func:`fusion_step`)."""
+        return fusion_step(margin, self.thresholds)
 
-    Args: ``flat_logits (K, N)``. Returns a Python float."""
-    L = as_float(flat_logits, "logits")
-    L = L.reshape(L.shape[0], -1)
-    if L.shape[0] < 2:
-        return float("inf")
-    top2 = L.topk(2, dim=0).values
-    return float((scale * (top2[0] - top2[1])).median())
+    def weight(self, margin: float) -> float:
+        """λ of an image whose evidence margin is ``margin``."""
+        return float(self.levels[self.step(margin)])
+
+    def replace(self, thresholds: Sequence[float] | None = None, levels: Sequence[float] | None = None,
+                recover: Sequence[bool] | None = None) -> FusionRule:
+        """This rule with the parts given replaced (``None``: kept). Recovery flags not given follow
+        new levels: cut to their number, or the last flag repeated for extra steps. A ValueError
+        when the parts do not fit together."""
+        lv = tuple(levels) if levels is not None else self.levels
+        if recover is None:
+            recover = self.recover[:len(lv)] + self.recover[-1:] * (len(lv) - len(self.recover))
+        return FusionRule(tuple(thresholds) if thresholds is not None else self.thresholds, lv, tuple(recover))
 
 
 def fusion_step(margin: float, thresholds: Sequence[float]) -> int:
@@ -107,7 +97,7 @@ def check_fusion_rule(thresholds: Sequence[float], levels: Sequence[float]) -> N
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     """``D̂``: each class's ``(K', N)`` map divided by its maximum over patches (zero maps stay 0)."""
     D = as_float(maps, "maps")
-    return D / D.amax(dim=1, keepdim=True).clamp_min(_TINY)
+    return D / D.amax(dim=1, keepdim=True).clamp_min(TINY)
 
 
 def fuse(log_post: torch.Tensor, maps: torch.Tensor, rows: torch.Tensor, weight: float,

@@ -11,18 +11,9 @@ import torch.nn.functional as F
 
 from ._checks import as_float, check_finite, check_square
 from .config import HeadConfig
-from .modes import MODES, discrepancy, get_mode, transport_matrix
-from .readout import (
-    FUSION_RECOVER,
-    FUSION_RULE,
-    candidate_classes,
-    class_argmax,
-    evidence_margin,
-    fuse,
-    fusion_step,
-    fusion_weight,
-    normalize_maps,
-)
+from .evidence import evidence_margin, evidence_posterior
+from .modes import MODES, discrepancy, fusion_rule, get_mode, transport_matrix
+from .readout import candidate_classes, class_argmax, fuse, normalize_maps
 from .seeds import early_rejection, nms, normalize, recover_seeds
 from .upsample import guide_image, joint_bilateral_upsample, upsample_argmax
 
@@ -193,7 +184,9 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None
         scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
         return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
     lam = image_fusion_weight(flat, cfg, mode) if weight is None else weight
-    log_post = torch.log_softmax(cfg.nms_scale * as_float(logits, "logits").to(flat), dim=0)
+    if lam is None:
+        raise ValueError(f"mode {mode!r} has no fusion rule: pass weight= or use fusion='none'")
+    log_post = evidence_posterior(as_float(logits, "logits").to(flat), cfg.nms_scale, log=True)
     if lam == 0:
         # Clean evidence decides alone: every class competes, as in plain upsampling, whose labels
         # these are (bilinear interpolation is linear, so the arg-max of the upsampled log-posterior
@@ -214,24 +207,24 @@ def image_fusion(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> tuple
     """How the head treats one image's ``(K, N)`` evidence: the fused readout's λ and the settings
     it seeds with, both from the same step of the per-image rule.
 
-    λ: ``cfg.fusion_weight`` when set, otherwise the rule :func:`dslo.head.readout.fusion_weight`
-    of the evidence's :func:`~dslo.head.readout.evidence_margin`, with ``cfg.fusion_thresholds`` /
-    ``fusion_levels`` (default: the rule chosen for ``mode``, :data:`dslo.head.readout.FUSION_RULE`);
-    None with ``fusion="none"``. Settings: ``cfg``, with the recovery seeds switched off when the
-    image's step has its :data:`~dslo.head.readout.FUSION_RECOVER` flag (or ``cfg.fusion_recover``)
-    off; ``cfg`` unchanged with ``fusion="none"`` or a fixed ``fusion_weight``."""
+    λ: ``cfg.fusion_weight`` when set, otherwise the step of the mode's rule
+    (:func:`dslo.head.modes.fusion_rule`: ``Mode.fusion_rule`` with the ``fusion_*`` settings of
+    ``cfg``) that the evidence's :func:`~dslo.head.evidence_margin` falls in; None with
+    ``fusion="none"`` or a mode without a rule. Settings: ``cfg``, with the recovery seeds switched
+    off when that step's recovery flag is off; ``cfg`` unchanged with ``fusion="none"`` or a fixed
+    ``fusion_weight``."""
     if cfg.fusion == "none":
         return None, cfg
-    lam, step = _weight_and_step(flat, cfg, mode)
-    if step is None or cfg.recover_threshold is None:
+    lam, step, rule = _weight_and_step(flat, cfg, mode)
+    if rule is None or step is None or cfg.recover_threshold is None or rule.recover[step]:
         return lam, cfg
-    flags = cfg.fusion_recover if cfg.fusion_recover is not None else FUSION_RECOVER
-    return lam, (cfg if flags[min(step, len(flags) - 1)] else cfg.replace(recover_threshold=None))
+    return lam, cfg.replace(recover_threshold=None)
 
 
-def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float:
+def image_fusion_weight(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> float | None:
     """λ of the fused readout for one image's ``(K, N)`` evidence (:func:`image_fusion`; computed
-    by the rule even with ``fusion="none"``, which does not read it)."""
+    by the rule even with ``fusion="none"``, which does not read it; None for a mode without a
+    rule)."""
     return _weight_and_step(flat, cfg, mode)[0]
 
 
@@ -240,17 +233,12 @@ def image_config(flat: torch.Tensor, cfg: HeadConfig, mode: str = "mv") -> HeadC
     return image_fusion(flat, cfg, mode)[1]
 
 
-def _weight_and_step(flat: torch.Tensor, cfg: HeadConfig, mode: str) -> tuple[float, int | None]:
-    """λ and the rule's step (None for a fixed ``fusion_weight``), from one evidence margin."""
+def _weight_and_step(flat: torch.Tensor, cfg: HeadConfig, mode: str):
+    """λ, the rule's step (None for a fixed ``fusion_weight``) and the rule, from one evidence margin."""
     if cfg.fusion_weight is not None:
-        return float(cfg.fusion_weight), None
-    thresholds, levels = _rule(cfg, mode)
-    margin = evidence_margin(flat, cfg.nms_scale)
-    return fusion_weight(margin, thresholds, levels), fusion_step(margin, thresholds)
-
-
-def _rule(cfg: HeadConfig, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    thresholds, levels = FUSION_RULE.get(mode, FUSION_RULE["mv"])
-    thresholds = cfg.fusion_thresholds if cfg.fusion_thresholds is not None else thresholds
-    levels = cfg.fusion_levels if cfg.fusion_levels is not None else levels
-    return tuple(thresholds), tuple(levels)
+        return float(cfg.fusion_weight), None, None
+    rule = fusion_rule(cfg, mode)
+    if rule is None:
+        return None, None, None
+    step = rule.step(evidence_margin(flat, cfg.nms_scale))
+    return float(rule.levels[step]), step, rule

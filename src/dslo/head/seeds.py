@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_float, check_finite
+from .evidence import EVIDENCE_SCALE, evidence_posterior
 
 
 def nms(
-    logits: torch.Tensor, scale: float = 40.0, threshold: float = 0.5
+    logits: torch.Tensor, scale: float = EVIDENCE_SCALE, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-wise non-maximum suppression of patch logits.
 
-    ``P = softmax_over_classes(scale · L)``; where ``P[c, i] < threshold`` the logit is suppressed.
+    ``P = softmax_over_classes(scale · L)`` (:func:`~dslo.head.evidence_posterior`); where
+    ``P[c, i] < threshold`` the logit is suppressed.
     With ``threshold >= 0.5`` at most one class survives at a patch.
 
     Args:
@@ -25,13 +27,13 @@ def nms(
     check_finite(L, "logits")
     if L.ndim < 1 or L.shape[0] == 0:
         raise ValueError(f"logits must have at least one class, got shape {tuple(L.shape)}")
-    prob = torch.softmax(scale * L, dim=0)
+    prob = evidence_posterior(L, scale)
     keep = prob >= threshold
     masked = L.masked_fill(~keep, float("-inf"))
     return masked, keep
 
 
-def recover_seeds(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40.0,
+def recover_seeds(logits: torch.Tensor, keep: torch.Tensor, scale: float = EVIDENCE_SCALE,
                   threshold: float = 0.25) -> torch.Tensor:
     """Seeds for the classes NMS dropped entirely (thin and small classes rarely reach θ = 0.5).
 
@@ -42,14 +44,14 @@ def recover_seeds(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40.0,
     Args: ``logits (K, N)``, ``keep (K, N)`` bool from :func:`nms`. Returns the new ``keep``.
     """
     L = as_float(logits, "logits").reshape(keep.shape)
-    prob = torch.softmax(scale * L, dim=0)
+    prob = evidence_posterior(L, scale)
     top = prob == prob.amax(dim=0, keepdim=True)
     dropped = ~keep.any(dim=1)
     extra = top & (prob >= threshold) & dropped[:, None] & ~keep.any(dim=0, keepdim=True)
     return keep | extra
 
 
-def class_confidence(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40.0) -> torch.Tensor:
+def class_confidence(logits: torch.Tensor, keep: torch.Tensor, scale: float = EVIDENCE_SCALE) -> torch.Tensor:
     """Confidence of each class: the soft area of its surviving patches, ``Σ_i P[c, i]·keep[c, i]``.
 
     Area rather than peak probability, so that a class with a single stray confident patch ranks
@@ -58,7 +60,7 @@ def class_confidence(logits: torch.Tensor, keep: torch.Tensor, scale: float = 40
     Args: ``logits (K, N)``, ``keep (K, N)`` bool. Returns ``(K,)``.
     """
     L = as_float(logits, "logits").reshape(logits.shape[0], -1)
-    prob = torch.softmax(scale * L, dim=0)
+    prob = evidence_posterior(L, scale)
     return (prob * keep.reshape(L.shape)).sum(dim=1)
 
 
@@ -67,7 +69,7 @@ def early_rejection(
     keep: torch.Tensor,
     top_k: int | None = 10,
     top_k_above: int = 21,
-    scale: float = 40.0,
+    scale: float = EVIDENCE_SCALE,
 ) -> torch.Tensor:
     """Indices of the classes that go on to the discrepancy stage.
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, check_finite, check_square, class_maps_and_matrix
-
-_TINY = 1e-30
+from ._checks import TINY, as_float, check_finite, check_square, class_maps_and_matrix
 
 
 def ipf(affinity: torch.Tensor, n_iter: int = 15) -> torch.Tensor:
@@ -27,8 +25,8 @@ def ipf(affinity: torch.Tensor, n_iter: int = 15) -> torch.Tensor:
     r = torch.ones(A.shape[0], dtype=A.dtype, device=A.device)
     c = torch.ones_like(r)
     for _ in range(n_iter):
-        c = 1.0 / (r @ A).clamp_min(_TINY)  # column sums of diag(r) A diag(c) become 1
-        r = 1.0 / (A @ c).clamp_min(_TINY)  # then row sums become 1
+        c = 1.0 / (r @ A).clamp_min(TINY)  # column sums of diag(r) A diag(c) become 1
+        r = 1.0 / (A @ c).clamp_min(TINY)  # then row sums become 1
     return r[:, None] * A * c[None, :]
 
 
@@ -57,8 +55,8 @@ def _sinkhorn_scalings(
     v = torch.ones(a.shape[0], cost.shape[1], dtype=cost.dtype, device=cost.device)
     u = torch.zeros_like(a)
     for _ in range(n_iter):
-        u = a / (v @ K.T).clamp_min(_TINY)
-        v = b / (u @ K).clamp_min(_TINY)
+        u = a / (v @ K.T).clamp_min(TINY)
+        v = b / (u @ K).clamp_min(TINY)
     return u, v, K
 
 
@@ -99,10 +97,10 @@ def optimal_path(
     if readout == "cost":
         D = N * v * (u @ (K * C))
     else:
-        g = eps * torch.log(v.clamp_min(_TINY))
+        g = eps * torch.log(v.clamp_min(TINY))
         D = g - g.min(dim=1, keepdim=True).values
     empty = A.sum(dim=1) <= 0
     D = torch.where(empty[:, None], torch.zeros_like(D), D)
     if normalize_max:
-        D = D / D.amax(dim=1, keepdim=True).clamp_min(_TINY)
+        D = D / D.amax(dim=1, keepdim=True).clamp_min(TINY)
     return D

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, check_finite, class_maps_and_matrix
-
-_TINY = 1e-30
+from ._checks import TINY, as_float, check_finite, class_maps_and_matrix
 
 
 def maximum_velocity(
@@ -33,7 +31,7 @@ def maximum_velocity(
     """
     A, T = class_maps_and_matrix(a, transition, "transition")
 
-    f = A / A.amax(dim=1, keepdim=True).clamp_min(_TINY)
+    f = A / A.amax(dim=1, keepdim=True).clamp_min(TINY)
     live = A.amax(dim=1) > 0  # classes with mass; empty classes never arrive and are not waited for
     arrival = torch.full_like(f, float(max_steps))
     arrived = f > delta
@@ -43,10 +41,10 @@ def maximum_velocity(
     check_every = 1 if f.device.type == "cpu" else 8
     for step in range(1, max_steps + 1):
         g = f @ T
-        g = g / g.amax(dim=1, keepdim=True).clamp_min(_TINY)
+        g = g / g.amax(dim=1, keepdim=True).clamp_min(TINY)
         crossed = (g > delta) & ~arrived
         if interpolate:
-            frac = ((delta - f) / (g - f).clamp_min(_TINY)).clamp(0.0, 1.0)
+            frac = ((delta - f) / (g - f).clamp_min(TINY)).clamp(0.0, 1.0)
             when = (step - 1) + frac
         else:
             when = torch.full_like(f, float(step))
@@ -68,4 +66,4 @@ def kl_map(a: torch.Tensor) -> torch.Tensor:
     A = as_float(a, "a")
     check_finite(A, "a")
     N = A.shape[-1]
-    return torch.where(A > 0, A * torch.log((N * A).clamp_min(_TINY)), torch.zeros_like(A))
+    return torch.where(A > 0, A * torch.log((N * A).clamp_min(TINY)), torch.zeros_like(A))

@@ -6,9 +6,9 @@ records the image's confusion matrix for a grid of fixed λ values, plus the per
 statistics a λ rule may use. Rules are then scored offline by summing the chosen per-image
 confusions, so a rule's mIoU on a half costs no head run.
 
-    python benchmarks/select_readout.py --images 60 --out /tmp/sel.pkl     # record
-    python benchmarks/select_readout.py --load /tmp/sel.pkl                # choose + report
-    python benchmarks/select_readout.py --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
+    python -m benchmarks.readout.select_readout --images 60 --out /tmp/sel.pkl     # record
+    python -m benchmarks.readout.select_readout --load /tmp/sel.pkl                # choose + report
+    python -m benchmarks.readout.select_readout --load /tmp/sel.pkl --in-sample    # + the family's best, fit on all
 
 Results: docs/benchmarks.md §1b ("A head that does not lose") and benchmarks/results/select_readout.md.
 """
@@ -25,30 +25,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import (  # noqa: E402
+from benchmarks.common import (
     DATASET_DIRS,
     DEFAULT_DATA_ROOT,
     AttentionCache,
     atomic_write_bytes,
-    atomic_write_text,  # noqa: E402
+    atomic_write_text,
     spaced_subset,
 )
-from refine_real import Item, _item, evidence_for, jbu_baseline, make_probe  # noqa: E402
-
-from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.head import (  # noqa: E402
+from benchmarks.refine_real import Item, evidence_for, jbu_baseline, load_item, make_probe
+from dslo.eval.datasets import get_dataset
+from dslo.head import (
+    MODE_TABLE,
     HeadConfig,
     candidate_classes,
     class_argmax,
     discrepancy,
     evidence_ambiguity,
+    evidence_posterior,
     joint_bilateral_upsample,
     normalize_maps,
     seed_classes,
 )
-from dslo.head.readout import FUSION_RECOVER, FUSION_RULE, fusion_step, fusion_weight  # noqa: E402
+from dslo.head import fusion_step, fusion_weight
 
 # fixed λ, recorded per image so that any rule choosing λ from this grid per image (e.g. a step
 # function of the image's ambiguity) is scored exactly offline; 1e6: the head alone (ties to log P)
@@ -61,12 +60,12 @@ STRENGTHS = ["easy", "medium", "hard", "probe"]
 def default_tags() -> tuple[str, ...]:
     """The fused variant ``refine`` runs with its default settings, per step of the rule."""
     thr = HeadConfig().recover_threshold
-    return tuple("rec" if on and thr == RECOVER else "norec" for on in FUSION_RECOVER)
+    return tuple("rec" if on and thr == RECOVER else "norec" for on in MODE_TABLE["mv"].fusion_rule.recover)
 
 
 def record_evidence(it: Item, strength: str, probe=None) -> torch.Tensor:
     """The ``(K, h, w)`` evidence the records are made from: the seeded synthetic strength (seed 0),
-    or the linear probe's (``probe``: :func:`refine_real.make_probe`'s, for ``"probe"``)."""
+    or the linear probe's (``probe``: :func:`benchmarks.refine_real.make_probe`'s, for ``"probe"``)."""
     return probe.evidence(it.index) if strength == "probe" else evidence_for(it, strength, 0)
 
 
@@ -116,7 +115,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     Lg = F.interpolate(L[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
     flat = Lg.reshape(K, N)
     out: dict = {"stats": {"ambiguity": evidence_ambiguity(flat, cfg.nms_scale)}, "conf": {}}
-    P = torch.softmax(cfg.nms_scale * flat, 0)
+    P = evidence_posterior(flat, cfg.nms_scale)
     srt = P.sort(0, descending=True).values
     out["stats"]["margin"] = float((srt[0] - srt[1]).mean())
     out["stats"]["nms_survival"] = float((srt[0] >= cfg.nms_threshold).float().mean())
@@ -134,7 +133,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
     if have is not None:  # fused variants not recomputed here are kept from the earlier record
         out["conf"].update({k: v for k, v in have["conf"].items()
                             if isinstance(k, tuple) and len(k) == 3 and k[1] not in tags})
-    log_post = torch.log_softmax(cfg.nms_scale * L, 0)
+    log_post = evidence_posterior(L, cfg.nms_scale, log=True)
     for tag in tags:
         # the fused readout's candidates, as refine computes them: the head's classes and the
         # classes that can win plain upsampling (exact: no other class can win a pixel at any λ)
@@ -159,9 +158,7 @@ def record_image(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, in
 
 
 def _wait_cached(cache: AttentionCache, image: np.ndarray) -> None:
-    from _bench import _image_digest
-
-    path = cache.dir / f"{_image_digest(image)}.feat.npz"
+    path = cache.path(image, features=True)
     while not path.is_file():
         time.sleep(5)
 
@@ -501,12 +498,13 @@ def verify(rec: dict, n: int, seed: int = 0) -> list[str]:
     lines = []
     for j in rng.choice(len(keys), size=min(n, len(keys)), replace=False):
         ds, i, s = keys[j]
-        it = _item(dsets[ds], i)
+        it = load_item(dsets[ds], i)
         A, grid = cache.get(it.image)
         L = record_evidence(it, s)
         for mode in ("mv", "op"):
-            rule_lam = fusion_weight(rec[keys[j]]["stats"]["log_odds"], *FUSION_RULE[mode])
-            step = fusion_step(rec[keys[j]]["stats"]["log_odds"], FUSION_RULE[mode][0])
+            rule = MODE_TABLE[mode].fusion_rule
+            rule_lam = rule.weight(rec[keys[j]]["stats"]["log_odds"])
+            step = rule.step(rec[keys[j]]["stats"]["log_odds"])
             for lam in (rule_lam, float(rng.choice([x for x in LAMBDAS[1:-1] if x != rule_lam]))):
                 # the defaults (the rule, its step's recovery flag), then a fixed λ (recovery on)
                 fixed = {} if lam == rule_lam else {"fusion_weight": lam}
@@ -559,7 +557,8 @@ def main(argv=None) -> int:
         rows = {"(a) bilinear": "bilinear", "(b) + JBU": "jbu", "(d0) O.P., paper readout": ("op", "paper"),
                 "(e0) M.V., paper readout": ("mv", "paper")}
         for mode in ("mv", "op"):
-            key = add_rule(rec, mode, *FUSION_RULE[mode], default_tags())
+            rule = MODE_TABLE[mode].fusion_rule
+            key = add_rule(rec, mode, rule.thresholds, rule.levels, default_tags())
             rows[f"({'d' if mode == 'op' else 'e'}) {mode.upper()}, default rule {key[2]} → λ {key[3]}"] = key
         md = results_markdown(rec, rows)
         print(md)
@@ -622,7 +621,7 @@ def main(argv=None) -> int:
             continue
         if args.wait:
             _wait_cached(cache, dsets[ds][i].load_image())
-        it = _item(dsets[ds], i)
+        it = load_item(dsets[ds], i)
         A, grid = cache.get(it.image)
         for s in strengths:
             L = record_evidence(it, s, probes[ds])

@@ -1,8 +1,8 @@
 """Could another per-image statistic place λ better than the evidence margin? (issue 12)
 
 The fused readout's λ comes from one number per image, the evidence margin (the median top-two
-log-odds, ``dslo.head.readout.evidence_margin``). This script scores other candidates on the
-records of ``select_readout.py``: for every image and evidence strength, the **gain** of fusing is
+log-odds, ``dslo.head.evidence_margin``). This script scores other candidates on the
+records of :mod:`benchmarks.readout.select_readout`: for every image and evidence strength, the **gain** of fusing is
 the change in correct pixels of the fused M.V. readout (λ = 6, no recovery seeds: the default
 rule's middle step) over plain upsampling, as a share of the image's pixels. An oracle fuses
 exactly the images with a positive gain; a one-threshold rule on a statistic fuses the images on
@@ -11,7 +11,7 @@ an upper bound) and what it captures: the share of the oracle's gain, the gain i
 images it leaves alone and the loss it takes on the images it fuses (per cent of an image, summed
 over images).
 
-    python benchmarks/rule_statistics.py --load /tmp/camvid.pkl /tmp/coco.pkl --md out.md
+    python -m benchmarks.readout.rule_statistics --load /tmp/camvid.pkl /tmp/coco.pkl --md out.md
 
 Evidence is made again exactly as ``select_readout.py`` made it (seeded synthetic strengths; the
 probe refit on the other index parity), the attention from the cache.
@@ -28,14 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_write_text  # noqa: E402
-from refine_real import _item, make_probe  # noqa: E402
-from select_readout import dense, record_evidence  # noqa: E402
-
-from dslo.eval.datasets import get_dataset  # noqa: E402
-from dslo.head import HeadConfig  # noqa: E402
+from benchmarks.common import DATASET_DIRS, DEFAULT_DATA_ROOT, AttentionCache, atomic_write_text
+from benchmarks.readout.select_readout import dense, record_evidence
+from benchmarks.refine_real import load_item, make_probe
+from dslo.eval.datasets import get_dataset
+from dslo.head import HeadConfig, evidence_posterior
 
 GAIN_KEY = ("mv", "norec", 6.0)  # the default M.V. rule's middle step
 
@@ -54,7 +51,7 @@ def statistics(logits: torch.Tensor, affinity: torch.Tensor, grid: tuple[int, in
     for dy in range(3):
         for dx in range(3):
             inner &= pad[dy:dy + grid[0], dx:dx + grid[1]] == lab
-    P = torch.softmax(scale * g, 0)
+    P = evidence_posterior(g, scale)
     PA = P @ (affinity / affinity.sum(1, keepdim=True)).T  # each patch's posterior averaged by attention
     flat = lab.flatten()
     out = {f"log-odds q{q}": float(lo.quantile(q / 100)) for q in (10, 25, 75, 90)}  # q50: the margin row
@@ -78,7 +75,7 @@ def collect(keys: list, scale: float) -> dict:
         idx = sorted({k[1] for k in keys if k[0] == ds})
         probe = make_probe(dset, cache, pool=idx) if any(k[0] == ds and k[2] == "probe" for k in keys) else None
         for i in idx:
-            it = _item(dset, i)
+            it = load_item(dset, i)
             A, grid = cache.get(it.image)
             for s in sorted({k[2] for k in keys if k[:2] == (ds, i)}):
                 L = record_evidence(it, s, probe)
