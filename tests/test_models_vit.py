@@ -134,5 +134,5 @@ def test_bad_settings(dirs):
 def test_vit_directory_is_not_a_logits_model(dirs):
     from dslo.models import create_logits_model
 
-    with pytest.raises(ValueError, match="not a CLIP checkpoint"):
+    with pytest.raises(ValueError, match="not a vision-language checkpoint"):
         create_logits_model(dirs["dinov2"], device="cpu")

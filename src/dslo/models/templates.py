@@ -1,8 +1,15 @@
-"""The 80 ImageNet prompt templates of OpenAI's CLIP (its "Prompt Engineering for ImageNet"
-notebook), used verbatim: every query is embedded in each template and the text embeddings are
-averaged (SPEC §2)."""
+"""Prompt templates. CLIP: the 80 ImageNet templates of OpenAI's CLIP (its "Prompt Engineering for
+ImageNet" notebook), used verbatim: every query is embedded in each template and the text
+embeddings are averaged (SPEC §2). SigLIP / SigLIP 2: the templates of their own zero-shot
+evaluation (big_vision ``evaluators/proj/image_text/prompt_engineering.py``, ``clip_paper``): the
+same 80 plus ``"{}"``, canonicalised as big_vision does (:func:`canonical_text`)."""
 
 from __future__ import annotations
+
+import re
+import string
+
+__all__ = ["IMAGENET_TEMPLATES", "SIGLIP_TEMPLATES", "canonical_text"]
 
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
@@ -88,3 +95,19 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 )
 
 assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
+
+
+def canonical_text(text: str, keep: str | None = None) -> str:
+    """big_vision's ``_canonicalize`` (google-research/big_vision@0127fb6
+    ``evaluators/proj/image_text/prompt_engineering.py``): underscores become spaces, punctuation
+    is removed (except the exact string ``keep``, e.g. ``"{}"``), lower case, runs of whitespace
+    collapsed. SigLIP was trained and evaluated on text written this way."""
+    text = text.replace("_", " ")
+    drop = str.maketrans("", "", string.punctuation)
+    text = keep.join(part.translate(drop) for part in text.split(keep)) if keep else text.translate(drop)
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+SIGLIP_TEMPLATES: tuple[str, ...] = tuple(canonical_text(t, keep="{}") for t in (*IMAGENET_TEMPLATES, "{}"))
+
+assert len(SIGLIP_TEMPLATES) == 81 and len(set(SIGLIP_TEMPLATES)) == 81

@@ -53,8 +53,10 @@ FORMAT = "dslo-text-embedding/1"
 DEFAULT_MAX_MB = 512
 _OFF = {"0", "false", "no", "off"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
-_TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                    "special_tokens_map.json")
+# The files besides the weights that decide a checkpoint's text embeddings (configs and tokenizers
+# of the transformers CLIP / SigLIP and OpenCLIP formats).
+_TOKENIZER_FILES = ("config.json", "open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                    "merges.txt", "special_tokens_map.json", "spiece.model", "tokenizer.model")
 
 
 def cache_enabled() -> bool:
@@ -269,7 +271,7 @@ class TextEmbeddingCache:
 
 
 def _entries(root: Path) -> list[tuple[float, int, Path]]:
-    out = []
+    out: list[tuple[float, int, Path]] = []
     if not root.is_dir():
         return out
     for dirpath, _dirs, files in os.walk(root):

@@ -66,20 +66,20 @@ class _StopForward(Exception):
     """Raised inside the model once the last chosen block's attention has been computed."""
 
 
-def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+def _attention_modules(model: Any) -> list[Any] | None:
     """Each block's attention module (input: the block's normalised hidden states), in order, for
     the DINOv2 / DINOv2-registers / ViT layouts of transformers 4.56+ and 5.x (the blocks sit in
     ``encoder.layer`` or ``layers``); None otherwise."""
-    n = model.config.num_hidden_layers
+    n = int(model.config.num_hidden_layers)
     for blocks in model.modules():
         if isinstance(blocks, torch.nn.ModuleList) and len(blocks) == n:
-            mods = [getattr(block, "attention", None) for block in blocks]
+            mods: list[Any] = [getattr(block, "attention", None) for block in blocks]
             if all(m is not None and _qk_projections(m) is not None for m in mods):
                 return mods
     return None
 
 
-def _qk_projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def _qk_projections(attention: Any) -> tuple[Any, Any] | None:
     """The query and key ``nn.Linear`` of an attention module: ``q_proj``/``k_proj``
     (transformers 5) or ``attention.query``/``attention.key`` (transformers 4)."""
     if hasattr(attention, "q_proj") and hasattr(attention, "k_proj"):

@@ -280,19 +280,23 @@ def _safetensors_problems(path: Path) -> list[str]:
     return []
 
 
-def check_model_folder(name: str, folder: str | Path, *, tokenizer: bool = False) -> None:
+def check_model_folder(name: str, folder: str | Path, *, tokenizer: bool = False,
+                       tokenizer_files: tuple[tuple[str, ...], ...] | None = None) -> None:
     """Refuse an incomplete local checkpoint folder before loading it, listing every missing or
     broken file (a copied folder often lacks the tokenizer or has a truncated weight file).
 
     ``tokenizer``: the folder must also hold a CLIP tokenizer (``tokenizer.json``, or
-    ``vocab.json`` + ``merges.txt``); without one every class name would encode alike."""
+    ``vocab.json`` + ``merges.txt``); ``tokenizer_files``: another model's tokenizer, one of these
+    groups of files. Without one every class name would encode alike."""
     folder = Path(folder)
     if not folder.is_dir():
         return  # a Hub id: the hub client checks what it downloads
     problems = [] if (folder / "config.json").is_file() else ["config.json"]
     problems += _weights_problems(folder)
-    if tokenizer and not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
-        problems.append("tokenizer.json (or vocab.json + merges.txt)")
+    groups = tokenizer_files or (TOKENIZER_FILES if tokenizer else ())
+    if groups and not any(all((folder / f).is_file() for f in group) for group in groups):
+        names = [" + ".join(g) for g in groups]
+        problems.append(names[0] + (f" (or {', or '.join(names[1:])})" if len(names) > 1 else ""))
     if problems:
         raise WeightsNotFoundError(
             f"the model folder {folder} for {name!r} is incomplete: {'; '.join(problems)}. Copy the "
