@@ -32,14 +32,13 @@ from benchmarks.common import RESULTS_DIR, TIMING_IMAGE, markdown_table, write_j
 
 
 def _service(work: Path):
-    from benchmarks.models_speed import random_clip
     from dslo.app.service import AppService
-    from dslo.models import create_attention_model
+    from dslo.models import create_attention_model, get_entry
     from dslo.request import ModelChoice
     from dslo.segmenter import Segmenter
 
     torch.manual_seed(0)
-    logits = random_clip("clip-b16", torch.device("cpu"), torch.float32)
+    logits = get_entry("clip-b16").build_random(device="cpu", dtype="float32")
     seg = Segmenter(logits, create_attention_model("focus-s14", device="cpu"), mode="mv",
                     info={"preset": "offline", "logits": "clip-b16 (random init)", "attention": "focus-s14"})
     return AppService(ModelChoice("offline"), work_dir=work, log=lambda m: None, segmenter=seg)

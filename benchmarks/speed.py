@@ -154,9 +154,6 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     t0 = time.perf_counter()
     logits_model, lw = build(logits_name, device, dtype)
     attention_model, aw = build(p["attention"], device, dtype)
-    # random weights drawn after torch.manual_seed(0): name them instead of hashing 60-120 M
-    # parameters (a loaded checkpoint is named by its Hub commit or file digest)
-    logits_model.identity = f"benchmark-random-init:{logits_name}:seed0"
     # a private, empty cache for the text embeddings (set after loading: focus-s14's converted
     # weights stay in the user's cache)
     os.environ["DSLO_CACHE_DIR"] = tempfile.mkdtemp(prefix="dslo-speed-")

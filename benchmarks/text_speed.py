@@ -64,7 +64,6 @@ def measure(name: str, repeat: int, n_templates: int = 80) -> list[dict]:
 
     torch.manual_seed(0)
     model, _ = build(name, torch.device("cpu"))
-    model.identity = f"benchmark-random-init:{name}:seed0"
     if n_templates < len(model.settings.templates):
         model = model.with_settings(templates=model.settings.templates[:n_templates])
     camvid = list(dict.fromkeys(n for g in read_class_file("camvid") for n in g))

@@ -96,9 +96,11 @@ def _no_logits_error(preset: str) -> RuntimeError:
     return WeightsNotFoundError(
         f"the {preset} preset needs a CLIP for the class evidence and {OFFLINE_FALLBACK_LOGITS} weights "
         f"are not on this machine. Pass one: `dslo segment ... --model {preset} --logits DIR` or "
-        f"`create_segmenter('{preset}', logits='DIR')`, where DIR is a CLIP in transformers format "
-        "(a folder written by CLIPModel.save_pretrained, e.g. a download of openai/clip-vit-base-patch16; "
-        "dslo.testing.make_tiny_clip(DIR) writes a tiny random one for trying the pipeline)"
+        f"`create_segmenter('{preset}', logits='DIR')`, where DIR is a CLIP, MetaCLIP, SigLIP or SigLIP 2 "
+        "folder in transformers format (written by save_pretrained, e.g. a download of "
+        "openai/clip-vit-base-patch16) or an OpenCLIP folder (open_clip_config.json, e.g. "
+        "laion/CLIP-ViT-B-16-laion2B-s34B-b88K); dslo.testing.make_tiny_clip(DIR) writes a tiny random "
+        "one for trying the pipeline"
     )
 
 
@@ -135,6 +137,6 @@ def resolve_preset(name_or_preset: str | os.PathLike | Preset) -> tuple[Preset, 
         return PRESETS["default"], {"logits": name_or_preset}
     raise SettingsError(
         f"unknown preset {name_or_preset!r}{did_you_mean(name_or_preset, list(PRESETS) + logits_names) or '.'} "
-        f"Presets: {', '.join(PRESETS)}; a logits model name or a local CLIP folder also works "
+        f"Presets: {', '.join(PRESETS)}; a logits model name or a local CLIP, SigLIP or OpenCLIP folder also works "
         "(`dslo models` lists them)"
     )

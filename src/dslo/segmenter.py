@@ -405,7 +405,9 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     else:
         attention_model = create_attention_model(os.fspath(attention_name), device=str(dev),
                                                  **model_kw, **attention_options)
-        if getattr(getattr(logits_model, "settings", None), "proxy", None) == os.fspath(attention_name):
+        from dslo.models.clip import ClipLogitsModel
+
+        if isinstance(logits_model, ClipLogitsModel) and logits_model.settings.proxy == os.fspath(attention_name):
             # ProxyCLIP's proxy is the attention source: load it once
             logits_model.proxy_source = attention_model
     info = {
