@@ -111,10 +111,10 @@ def focus_available() -> bool:
         return False
 
 
-def colour_segmenter():
-    """The colour stand-ins as a segmenter (a picklable factory: the Label Studio backend's worker
-    processes build theirs with it)."""
+def colour_segmenter(background=None):
+    """The colour stand-ins as a segmenter with this default background (a picklable factory: the
+    Label Studio backend's worker processes build theirs with it)."""
     from dslo.segmenter import Segmenter
 
-    return Segmenter(ColourLogits(), ColourAffinity(), mode="mv", max_side=None,
+    return Segmenter(ColourLogits(), ColourAffinity(), mode="mv", max_side=None, background=background,
                      info={"preset": "colour", "logits": "colour", "attention": "colour"})
