@@ -147,17 +147,15 @@ class Backend:
         target = parse_label_config(label_config, self.settings.control)
         request = SegmentRequest.create(list(target.labels), self.settings.background, self.settings.models)
         proj = Project(target, request, model_version(request.record()))
+        self.log(f"labelling config: <BrushLabels name={target.from_name!r}> on <Image name={target.to_name!r}>, "
+                 f"labels {', '.join(target.labels)}; model version {proj.version}")
         self._projects[key] = proj
         while len(self._projects) > KEEP_PROJECTS:
             self._projects.popitem(last=False)
         return proj
 
     def setup(self, body: dict) -> dict:
-        proj = self.project(body.get("schema", body.get("label_config")))
-        self.log(f"setup: project {str(body.get('project', '?'))[:40]}: <BrushLabels name={proj.target.from_name!r}> "
-                 f"on <Image name={proj.target.to_name!r}>, {len(proj.target.labels)} label(s), "
-                 f"model version {proj.version}")
-        return {"model_version": proj.version}
+        return {"model_version": self.project(body.get("schema", body.get("label_config"))).version}
 
     # ---- predictions -----------------------------------------------------------------------
     async def predict(self, body: dict) -> dict:
