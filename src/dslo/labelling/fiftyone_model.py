@@ -25,15 +25,10 @@ from dslo.request import ModelChoice, SegmentRequest
 __all__ = ["DsloModel", "apply"]
 
 
-def _base():
-    try:
-        import fiftyone.core.models as fom
-    except ImportError as exc:
-        raise RuntimeError('the FiftyOne model needs FiftyOne; install it with pip install "dslo[fiftyone]"') from exc
-    return fom
-
-
-fom = _base()
+try:
+    import fiftyone.core.models as fom
+except ImportError as exc:
+    raise RuntimeError('the FiftyOne model needs FiftyOne; install it with pip install "dslo[fiftyone]"') from exc
 
 
 class DsloModel(fom.SamplesMixin, fom.Model):

@@ -56,6 +56,7 @@ def init_worker(models: ModelChoice, background: object, threads: int | None,
     failure is kept and reported by :func:`ping` and every task, in one line."""
     global _SEGMENTER, _LOAD_ERROR
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _exit_with_parent()
     try:
         import torch
 
@@ -64,6 +65,21 @@ def init_worker(models: ModelChoice, background: object, threads: int | None,
         _SEGMENTER = factory() if factory is not None else models.create_segmenter(background)
     except (RuntimeError, ValueError, OSError, ImportError) as exc:  # e.g. WeightsNotFoundError
         _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the server is gone (killed before it could stop its workers): an
+    orphaned worker would hold its models' memory forever."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="dslo-parent-watch", daemon=True).start()
 
 
 def ping() -> str | None:
