@@ -220,6 +220,7 @@ def test_time_budget_answers_with_the_tasks_done(served):
     assert all("result" not in r and "time budget" in r["error"] for r in body["results"])  # Label Studio asks again
 
 
+@pytest.mark.slow
 def test_no_prediction_lost_or_duplicated_under_concurrent_calls(served):
     """Several /predict calls at once while /health is polled: every task answered once, in order."""
     url, *_ = served
@@ -271,3 +272,27 @@ def test_a_config_path_traversal_in_local_files_is_caught_before_reading(tmp_pat
     assert key_policy.resolve("/data/upload/1/a.png").label_studio == ("http://ls.example:8080", "k")
     assert key_policy.resolve("http://cdn.example/a.png").label_studio is None  # the key goes to Label Studio only
     assert key_policy.resolve("http://ls.example:9999/a.png").label_studio is None  # another port: another server
+
+
+def test_the_command_checks_its_settings_before_any_worker_starts(tmp_path, monkeypatch, capsys):
+    from dslo.cli import main
+
+    started = []
+    monkeypatch.setattr("dslo.servers.label_studio.serve", lambda *a, **k: started.append(a))
+    assert main(["label-studio", "--set", "nms_treshold=0.3"]) == 1
+    assert "did you mean nms_threshold" in capsys.readouterr().err
+    assert main(["label-studio", "--local-files", str(tmp_path / "missing")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    monkeypatch.setenv("BASIC_AUTH_USER", "me")
+    assert main(["label-studio"]) == 1
+    assert "BASIC_AUTH_PASS" in capsys.readouterr().err
+    monkeypatch.setenv("BASIC_AUTH_PASS", "pw")
+    monkeypatch.setenv("LABEL_STUDIO_URL", "ftp://ls.example")
+    assert main(["label-studio", "--label-studio-url", "ftp://ls.example"]) == 1
+    assert "must be an http(s) address" in capsys.readouterr().err
+    assert not started
+    assert main(["label-studio", "--host", "0.0.0.0", "--port", "0", "--label-studio-url", "http://ls.example",
+                 "--allow-host", "cdn.example", "--max-concurrent", "2"]) == 0
+    (settings, host, port), = started
+    assert (host, settings.max_concurrent, settings.basic_auth) == ("0.0.0.0", 2, ("me", "pw"))
+    assert settings.policy.hosts == {"ls.example", "cdn.example"}

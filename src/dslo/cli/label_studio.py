@@ -101,7 +101,9 @@ def settings_from_args(args: argparse.Namespace):
     policy = ImagePolicy(args.label_studio_url or None, os.environ.get("LABEL_STUDIO_API_KEY") or None,
                          tuple(args.allow_hosts), args.local_files)
     limits = FetchLimits(int(args.max_download_mb * (1 << 20)), args.max_pixels)
-    return BackendSettings(model_choice(args), parse_background(args.background, args.background_words),
+    models = model_choice(args)
+    models.head_settings()  # a bad --set or model option fails now, before any worker starts
+    return BackendSettings(models, parse_background(args.background, args.background_words),
                            args.control, policy, limits, args.max_concurrent, args.time_budget,
                            int(args.max_body_mb * (1 << 20)), (user, password) if user and password else None)
 

@@ -91,7 +91,7 @@ def prediction(labels: np.ndarray, label_of: Sequence[str | None], target: Brush
     area = 0
     weighted = 0.0
     for c in np.flatnonzero(counts):
-        label = label_of[c]
+        label = label_of[int(c)]
         if label is None:
             continue
         region: dict[str, Any] = {
