@@ -109,3 +109,12 @@ def focus_available() -> bool:
         return weights_available("focus-s14")
     except Exception:
         return False
+
+
+def colour_segmenter(background=None):
+    """The colour stand-ins as a segmenter with this default background (a picklable factory: the
+    Label Studio backend's worker processes build theirs with it)."""
+    from dslo.segmenter import Segmenter
+
+    return Segmenter(ColourLogits(), ColourAffinity(), mode="mv", max_side=None, background=background,
+                     info={"preset": "colour", "logits": "colour", "attention": "colour"})

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelChoice", "OutputOptions", "SegmentRequest", "DEFAULT_SAVE", "FORMATS"]
 
 DEFAULT_SAVE = ("mask", "overlay", "json")
-FORMATS = ("files", "parquet")
+FORMATS = ("files", "parquet", "label-studio")
 
 
 def _copy(d: Mapping[str, Any] | Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
@@ -140,7 +140,9 @@ def _fallback_logits() -> str:
 class OutputOptions:
     """Where and what a run writes: ``location`` a folder (``Path``) or a URI (``str``);
     ``kinds`` from :data:`dslo.outputs.OUTPUT_KINDS`; ``overwrite`` redoes images whose outputs
-    exist; ``format`` ``files`` (the per-image files) or ``parquet`` (rows; the Ray engine)."""
+    exist; ``format`` ``files`` (the per-image files), ``parquet`` (rows; the Ray engine) or
+    ``label-studio`` (the per-image files, then a Label Studio import file made from them:
+    :mod:`dslo.labelling.export`)."""
 
     location: Path | str
     kinds: tuple[str, ...] = DEFAULT_SAVE
@@ -157,6 +159,11 @@ class OutputOptions:
         check_choice("format", self.format, FORMATS)
         if not remote.is_uri(self.location):  # a folder, however given, is a Path
             object.__setattr__(self, "location", Path(os.fspath(self.location)).expanduser())
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether the engine writes the per-image files (every format but ``parquet``)."""
+        return self.format != "parquet"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ _SUBCOMMANDS = [
     "dslo.cli.app",
     "dslo.cli.cache",
     "dslo.cli.data",
+    "dslo.cli.label_studio",
+    "dslo.cli.export",
 ]
 
 

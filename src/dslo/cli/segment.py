@@ -118,9 +118,10 @@ def segment_request(args: argparse.Namespace) -> SegmentRequest:
 
     if args.background_words and str(args.background).strip().lower() != "stuff":
         raise ValueError("--background-words only applies with --background stuff; add it or drop the words")
+    kinds = tuple(args.save) + (("json",) if args.format == "label-studio" else ())  # the export reads it
     return SegmentRequest.create(
         read_class_args(args), parse_background(args.background, args.background_words), model_choice(args),
-        OutputOptions(args.output, tuple(args.save), args.overwrite, args.format), args.batch_size)
+        OutputOptions(args.output, kinds, args.overwrite, args.format), args.batch_size)
 
 
 def _positive_float(text: str) -> float:
@@ -145,9 +146,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-worker", type=_positive_float, metavar="F",
                    help="CPUs per actor (default: 1 with GPUs; without, an equal share of the "
                         "cluster's CPUs less one for reading, at least 0.5)")
-    g.add_argument("--format", choices=("files", "parquet"), default="files",
+    g.add_argument("--format", choices=("files", "parquet", "label-studio"), default="files",
                    help="files: the --save outputs per image (default); parquet: one row per image "
-                        "with path, size, class names and RLE segments (--engine ray)")
+                        "with path, size, class names and RLE segments (--engine ray); label-studio: "
+                        "the files (json always) plus dslo-label-studio-tasks.json, tasks with "
+                        "predictions for Label Studio's import (see --url-prefix)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +182,9 @@ def register(subparsers) -> None:
     add_common_args(p)
     add_speed_args(p)
     add_engine_args(p)
+    from dslo.cli.export import add_label_studio_args
+
+    add_label_studio_args(p)
     p.set_defaults(func=run)
 
 
@@ -206,8 +212,12 @@ def run(args: argparse.Namespace) -> int:
 
     apply_text_cache_flag(args)
     request = segment_request(args)  # every setting checked: no model loaded yet
-    if args.engine == "local" and args.format != "files":
+    if args.engine == "local" and args.format == "parquet":
         raise ValueError("--format parquet needs --engine ray")
+    if args.format == "label-studio":
+        from dslo.cli.export import check_label_studio_args
+
+        check_label_studio_args(args)
     items, errors = discover(args.inputs, exclude=args.output)
     for e in errors:
         print(f"dslo segment: {e}", file=sys.stderr)
@@ -234,4 +244,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.failed:
         where = f" (reasons in {summary.failures_file})" if summary.failures_file else ""
         print("failed: " + ", ".join(name for name, _ in summary.failed) + where, file=sys.stderr)
+    if args.format == "label-studio" and summary.done + summary.skipped:
+        from dslo.cli.export import write_label_studio_tasks
+
+        write_label_studio_tasks(args, args.output)
     return 0 if summary.ok and not errors else 1

@@ -30,7 +30,7 @@ def run_local(request: SegmentRequest, items: Sequence[InputItem], *, progress: 
     out = request.output
     if out is None:
         raise ValueError("the local engine writes files: the request needs output options")
-    if out.format != "files":
+    if not out.writes_files:
         raise ValueError(f"--format {out.format} needs --engine ray")
     check_output_location(out.location)
     names = check_output_names(items, out.location)

@@ -89,7 +89,7 @@ class SegmentWorker:
     def _written_by_this_run(self, stem: str) -> bool:
         """Whether an earlier attempt of this run (a batch retried after its worker died) already
         wrote every output of ``stem``; then it is not computed or written again."""
-        if self.out.format != "files":
+        if not self.out.writes_files:
             return False  # parquet rows are written once, by the driver
         if not self.out.overwrite:
             return outputs_exist(self.out.location, stem, self.out.kinds)
@@ -118,7 +118,7 @@ class SegmentWorker:
 
         def finish(j: int, result) -> None:
             i = todo[j]
-            if self.out.format == "files":
+            if self.out.writes_files:
                 write_result(result, self.out.location, stems[i], self.out.kinds, image_name=names[i],
                              request=self.record)
             else:
