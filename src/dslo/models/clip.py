@@ -141,6 +141,11 @@ class ClipLogitsModel(VisionLanguageLogits):
         return out
 
     # ---- image side -------------------------------------------------------------------------
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The vision tower (what ``accel`` quantizes); the text tower runs once per vocabulary
+        and stays float, and so does the 1-layer visual projection (0.5 % of a B/16's FLOPs)."""
+        return [self.model.vision_model]
+
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """Model input ``(H', W')`` for an image of size ``image_hw``."""
         return aspect_size(image_hw, self.settings.short_side, self.patch_size)
@@ -345,6 +350,9 @@ class ClipAttentionSource:
 
     def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return self.clip.grid_for(image_hw)
+
+    def image_towers(self) -> list[torch.nn.Module]:
+        return self.clip.image_towers()  # the shared CLIP's vision tower
 
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))``: heads averaged, CLS dropped, rows

@@ -138,6 +138,11 @@ class SiglipLogitsModel(VisionLanguageLogits):
                 f"device={self.device}, dtype={self.dtype})")
 
     # ---- image side -------------------------------------------------------------------------
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The vision tower with its pooling head (what ``accel`` quantizes; the head's
+        ``nn.MultiheadAttention`` keeps its float projections); the text tower stays float."""
+        return [self.model.vision_model]
+
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """Model input ``(H', W')`` for an image of size ``image_hw``."""
         return aspect_size(image_hw, self.settings.short_side, self.patch_size)
