@@ -89,7 +89,7 @@ class ModelChoice:
         from dslo.segmenter import POST_PROCESSES
 
         if self.accel != "none":  # int8 on a GPU is refused before any model loads
-            check_accel(self.accel, resolve_device(self.device))
+            check_accel(self.accel, resolve_device("auto") if self.device == "auto" else self.device)
 
         settings = dict(self.settings)
         settings.pop("mode", None)  # --set mode=op is --mode op

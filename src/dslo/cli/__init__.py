@@ -22,6 +22,7 @@ _SUBCOMMANDS = [
     "dslo.cli.app",
     "dslo.cli.cache",
     "dslo.cli.data",
+    "dslo.cli.check_accel",
 ]
 
 

@@ -34,7 +34,7 @@ from dslo.errors import SettingsError, did_you_mean
 from dslo.models.contracts import ImageTowers
 
 __all__ = ["ACCEL_CHOICES", "check_accel", "int8_unsupported_reason", "quantize_linear_int8", "accelerate",
-           "full_range_activations", "count_int8_layers"]
+           "full_range_activations", "count_int8_layers", "affinity_cosine", "logits_cosine"]
 
 ACCEL_CHOICES = ("none", "int8")
 
@@ -105,6 +105,7 @@ def quantize_linear_int8(module: torch.nn.Module) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")  # quantize_per_channel's UserWarning
         quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig},
                          mapping={torch.nn.Linear: _Int8Linear}, inplace=True)
     for m in module.modules():
@@ -139,3 +140,22 @@ def accelerate(model: Any, accel: str) -> int:
                                     "dtype='auto' or 'float32' with it")
         converted += quantize_linear_int8(tower)
     return converted
+
+
+# ---- how far an accelerated model is from float32 (dslo check-accel, benchmarks/speed.py) --------
+def affinity_cosine(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over rows of the cosine between two affinities' rows, ``(..., N, N)`` each: 1 when
+    every patch attends to the same patches in the same proportions."""
+    a, b = reference.float().flatten(0, -2), other.float().flatten(0, -2)
+    return float(torch.nn.functional.cosine_similarity(a, b.to(a.device), dim=-1).mean())
+
+
+def logits_cosine(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over patches of the cosine between two ``(K, h, w)`` logits' class-score vectors, each
+    centred over its K classes first (the common offset of cosine scores, ~0.2, would make any two
+    vectors look alike; what orders the classes is what is left). NaN for K < 2."""
+    if reference.shape[0] < 2:
+        return float("nan")
+    a, b = (t.float().flatten(1).T for t in (reference, other.to(reference.device)))  # (h·w, K)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12).mean())
