@@ -315,11 +315,11 @@ def render_accel(rows: list[dict], meta: dict) -> str:
     acc = rows[0]["accel"] if rows else "int8"
     table = markdown_table(
         ["preset", "weights", "img/s float32", f"img/s {acc}", "speed-up", "weights MB (f32 / int8)",
-         "predict peak MB (f32 / int8)", "same labels", "affinity cos", "load avg"],
+         "predict peak MB (f32 / int8)", "same labels", "affinity cos", "CLIP features cos", "load avg"],
         [[r["preset"], r["weights"], f"{r['images_per_s']['float32']:.3f}", f"{r['images_per_s'][acc]:.3f}",
           f"{r['speedup']:.2f}x", f"{r['weights_MB']['float32']:.0f} / {r['weights_MB'][acc]:.0f}",
           f"{r['predict_peak_MB']['float32']:.0f} / {r['predict_peak_MB'][acc]:.0f}",
-          f"{100 * r['label_agreement']:.2f} %", f"{r['affinity_cosine']:.4f}",
+          f"{100 * r['label_agreement']:.2f} %", f"{r['affinity_cosine']:.4f}", f"{r['features_cosine']:.4f}",
           " → ".join(f"{x:.1f}" for x in r["load_average"])] for r in rows])
     over = [r for r in rows if r.get("agreement", {}).get("images")]
     lines = [f"- {r['preset']}: {r['agreement']['images']} CamVid test images: labels the same "

@@ -8,9 +8,10 @@ first alternates too), on the same image per round; medians. On a shared machine
 between rounds, so the ratio of medians over alternated rounds is what to read, not the
 absolute times. Memory: the model weights (int8 layers counted at their packed size) and the
 resident-set peak one prediction adds. Agreement on the timing frame: labels, the cosine of the
-affinity rows and of the logits (random-init CLIPs: their logits' cosine measures the numeric
-difference only). ``agreement_images`` > 0: label agreement and affinity cosine over that many
-CamVid test images (evenly spaced; the head gets each image's GT-derived evidence, so only the
+affinity rows and of CLIP's dense features per patch (random-init CLIPs: their class-centred
+logits are near-ties of near-identical random text embeddings, so a logits cosine would measure
+nothing; check-accel reports it for real weights). ``agreement_images`` > 0: label agreement
+and affinity cosine over that many CamVid test images (evenly spaced; the head gets each image's GT-derived evidence, so only the
 attention model's difference reaches the labels) — meaningful for real weights (focus-s14).
 """
 
@@ -59,7 +60,7 @@ def measure_accel(preset: str, device: torch.device, accel: str, rounds: int, im
 
     from dslo.eval.classes import read_class_file
     from dslo.imageio import resize_max_side
-    from dslo.models.accel import affinity_cosine, logits_cosine
+    from dslo.models.accel import affinity_cosine
     from dslo.segmenter import Segmenter, list_presets
 
     p = list_presets()[preset]
@@ -78,13 +79,13 @@ def measure_accel(preset: str, device: torch.device, accel: str, rounds: int, im
 
     def pipeline(variant: str, img: np.ndarray):
         seg = segs[variant]
-        L = seg.logits_model.logits(img, classes)  # type: ignore[union-attr]
-        return L, seg.refine(E, img, classes)
+        seg.logits_model.logits(img, classes)  # type: ignore[union-attr]
+        return seg.refine(E, img, classes)
 
     for v in segs:  # warm-up: allocators, kernels, text embeddings
         pipeline(v, small)
     times: dict[str, list[float]] = {v: [] for v in segs}
-    agree, log_cos = [], []
+    agree: list[float] = []
     load = [os.getloadavg()[0]]
     for r in range(rounds):
         img = small.copy()
@@ -95,10 +96,10 @@ def measure_accel(preset: str, device: torch.device, accel: str, rounds: int, im
             t0 = time.perf_counter()
             out[v] = pipeline(v, img)
             times[v].append((time.perf_counter() - t0) * 1000)
-        (Lf, rf), (La, ra) = out["float32"], out[accel]
-        agree.append(float((rf.labels == ra.labels).mean()))
-        log_cos.append(logits_cosine(Lf, La))
+        agree.append(float((out["float32"].labels == out[accel].labels).mean()))
     load.append(os.getloadavg()[0])
+    Ff, Fa = (segs[v].logits_model.dense_features(small) for v in ("float32", accel))  # type: ignore[union-attr]
+    feat_cos = float(torch.nn.functional.cosine_similarity(Ff, Fa, dim=-1).mean())
     Af, _ = segs["float32"].attention_model.affinity(small)  # type: ignore[union-attr]
     Aa, _ = segs[accel].attention_model.affinity(small)  # type: ignore[union-attr]
     peaks = {}
@@ -119,7 +120,7 @@ def measure_accel(preset: str, device: torch.device, accel: str, rounds: int, im
         "predict_peak_MB": {v: round(x, 1) for v, x in peaks.items()},
         "label_agreement": round(statistics.fmean(agree), 5),
         "affinity_cosine": round(affinity_cosine(Af, Aa), 5),
-        "logits_cosine_random_clip": round(statistics.fmean(log_cos), 5),
+        "features_cosine": round(feat_cos, 5),
         "load_average": [round(x, 2) for x in load],
         "threads": torch.get_num_threads(),
     }
