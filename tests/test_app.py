@@ -255,3 +255,15 @@ def test_a_busy_port_fails_before_the_models_load(capsys):
         assert main(["app", "--model", "offline", "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"dslo app: error: cannot listen on 127.0.0.1:{port}") and "--port" in err
+
+
+def test_a_theta_mode_or_class_change_runs_no_model_pass(service, picture):
+    """The service keeps the image's encoding: only a new image runs the models."""
+    first = service.segment(picture, "red, green", "mv", "none", 0.5, 0.5)
+    passes = service.model_passes
+    for mode, theta, classes in (("op", 0.3, "red, green"), ("mv", 0.7, "red, green, blue"),
+                                 ("op", 0.5, "blue, red")):
+        out = service.segment(picture, classes, mode, "stuff", 0.5, theta)
+        assert out.ok, out.message
+    assert service.model_passes == passes
+    assert first.ok

@@ -124,3 +124,11 @@ def test_background_records_and_stuff_words_skip_user_classes():
         BackgroundPolicy("stuff", ("sky",)).stuff_class([["sky"]])
     assert BackgroundPolicy("threshold", threshold=0.5).describe()["threshold"] == 0.5
     assert BackgroundPolicy().describe() == {"policy": "none"}
+
+
+def test_the_threshold_background_reads_the_heads_evidence_scale():
+    """dslo.classes is a leaf and cannot import the head: its recorded scale is the head's."""
+    from dslo.classes import THRESHOLD_SCALE
+    from dslo.head import EVIDENCE_SCALE
+
+    assert THRESHOLD_SCALE == EVIDENCE_SCALE

@@ -43,7 +43,9 @@ DEFAULT_STUFF_WORDS: tuple[str, ...] = (
     "curtain", "stair", "floor", "hill", "rail", "fence",
 )
 
-# Logit scale of the CLIP class softmax used by the threshold policy (the head's NMS scale s).
+# Logit scale of the CLIP class softmax used by the threshold policy: the head's evidence scale
+# (dslo.head.EVIDENCE_SCALE, SPEC §4's s), recorded in every output's background record. A leaf
+# cannot import the head; tests/test_classes.py pins the two equal.
 THRESHOLD_SCALE = 40.0
 
 

@@ -147,7 +147,7 @@ def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
         return image
     s = max_side / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:

@@ -8,13 +8,13 @@ filesystems (:mod:`dslo.remote`), just as atomically.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -34,14 +34,15 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp uses 0600
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], object]) -> Path | str:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     Parent folders are created. On any error the temporary file is removed and ``path`` is
-    left as it was. ``path`` may be a URI (``s3://...``, ``file://...``): see :mod:`dslo.remote`.
+    left as it was. ``path`` may be a URI (``s3://...``, ``file://...``): see :mod:`dslo.remote`;
+    returns the local ``Path`` or the URI.
     """
     if remote.is_uri(path):
-        return remote.write_atomic(path, write)
+        return remote.write_atomic(str(path), write)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,16 +62,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path | str:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path | str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str = "PNG",
-                      text: dict[str, str] | None = None) -> Path:
+                      text: dict[str, str] | None = None) -> Path | str:
     """Save ``image`` atomically; ``text``: PNG text chunks (e.g. what produced the image)."""
     # The format is explicit because the temporary file's suffix says nothing about it.
     kw = {}
@@ -84,7 +85,7 @@ def atomic_save_image(path: str | os.PathLike, image: Image.Image, format: str =
     return atomic_write(path, lambda f: image.save(f, format=format, **kw))
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path:
+def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path | str:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
@@ -166,7 +167,7 @@ def mask_image(labels: np.ndarray, num_classes: int, background_index: int | Non
 
 
 def save_mask(path: str | os.PathLike, labels: np.ndarray, num_classes: int,
-              background_index: int | None = None, text: dict[str, str] | None = None) -> Path:
+              background_index: int | None = None, text: dict[str, str] | None = None) -> Path | str:
     """Save ``(H, W)`` class ids as a PNG (index = class id), atomically (``text``: PNG text chunks)."""
     return atomic_save_image(path, mask_image(labels, num_classes, background_index), text=text)
 
@@ -197,7 +198,7 @@ def font_candidates() -> list[Path]:
     return [Path(p) for p in ((env,) if env else ()) + _SYSTEM_FONTS] + [SHIPPED_FONT]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     for path in font_candidates():
         if path.is_file():
             try:
@@ -294,7 +295,7 @@ def segments(labels: np.ndarray, class_names: Sequence[str]) -> list[dict]:
     labels = _check_labels(labels, len(class_names))
     counts = np.bincount(labels.reshape(-1), minlength=len(class_names))
     return [
-        {"class_id": int(c), "class_name": class_names[c], "area": int(counts[c]),
+        {"class_id": int(c), "class_name": class_names[int(c)], "area": int(counts[c]),
          "rle": encode_rle(labels == c)}
         for c in np.flatnonzero(counts)
     ]
@@ -305,7 +306,7 @@ def result_json(image: str | None, labels: np.ndarray, class_names: Sequence[str
                 extra: dict | None = None) -> dict:
     """The JSON document for one image (see docs/outputs.md)."""
     h, w = np.asarray(labels).shape
-    doc = {
+    doc: dict[str, Any] = {
         "image": image,
         "width": int(w),
         "height": int(h),
@@ -320,7 +321,7 @@ def result_json(image: str | None, labels: np.ndarray, class_names: Sequence[str
     return doc
 
 
-def save_json(path: str | os.PathLike, doc: dict) -> Path:
+def save_json(path: str | os.PathLike, doc: dict) -> Path | str:
     return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 

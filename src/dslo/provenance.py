@@ -75,7 +75,7 @@ def _read_png_text(path) -> dict[str, str]:
     from PIL import Image
 
     with Image.open(path) as im:  # text chunks come before the pixels: no decoding needed
-        return {k: v for k, v in im.info.items() if isinstance(v, str)}
+        return {str(k): v for k, v in im.info.items() if isinstance(v, str)}
 
 
 def read_request_id(path: str | os.PathLike) -> str | None:

@@ -13,6 +13,7 @@ import io
 import re
 import uuid
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["is_uri", "location", "join", "fs_path", "list_files", "read_bytes", "write_atomic",
@@ -99,7 +100,7 @@ def mtime(uri: str) -> float | None:
     return info.mtime.timestamp() if info.type == FileType.File and info.mtime else None
 
 
-def write_atomic(uri: str, write: Callable[[io.BufferedIOBase], None]) -> str:
+def write_atomic(uri: str, write: Callable[[Any], object]) -> str:
     """Call ``write(fileobj)`` and store the bytes at ``uri`` so that readers see the whole file
     or none: a temporary name beside it, then a rename (object stores: one upload)."""
     buf = io.BytesIO()

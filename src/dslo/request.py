@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dslo import remote
 from dslo.classes import BackgroundPolicy, normalize_classes, parse_background
 from dslo.errors import SettingsError, check_choice
 from dslo.imageio import DEFAULT_MAX_SIDE
@@ -165,8 +166,8 @@ class OutputOptions:
                                 f"{', '.join(OUTPUT_KINDS)}")
         object.__setattr__(self, "kinds", kinds)
         check_choice("format", self.format, FORMATS)
-        if not isinstance(self.location, (Path, str)):
-            object.__setattr__(self, "location", Path(os.fspath(self.location)))
+        if not remote.is_uri(self.location):  # a folder, however given, is a Path
+            object.__setattr__(self, "location", Path(os.fspath(self.location)).expanduser())
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class SegmentationResult:
         counts = np.bincount(self.labels.reshape(-1), minlength=len(self.class_names))
         return {self.class_names[c]: int(counts[c]) for c in np.flatnonzero(counts)}
 
-    def save_mask(self, path: str | os.PathLike) -> Path:
+    def save_mask(self, path: str | os.PathLike) -> Path | str:
         """P-mode palette PNG, pixel value = class id (written atomically)."""
         return outputs.save_mask(path, self.labels, len(self.class_names), self.background_index)
 
@@ -73,7 +73,7 @@ class SegmentationResult:
         return outputs.overlay_image(self.image, self.labels, self.class_names,
                                      self.background_index, alpha=alpha, legend=legend)
 
-    def save_overlay(self, path: str | os.PathLike, alpha: float = 0.5) -> Path:
+    def save_overlay(self, path: str | os.PathLike, alpha: float = 0.5) -> Path | str:
         return outputs.atomic_save_image(path, self.overlay(alpha=alpha))
 
     def to_dict(self, image_name: str | None = None) -> dict:
@@ -86,7 +86,7 @@ class SegmentationResult:
         one segment per class present with its pixel ``area`` and COCO ``rle``."""
         return json.dumps(self.to_dict(image_name), indent=indent, ensure_ascii=False)
 
-    def save_json(self, path: str | os.PathLike, image_name: str | None = None) -> Path:
+    def save_json(self, path: str | os.PathLike, image_name: str | None = None) -> Path | str:
         return outputs.save_json(path, self.to_dict(image_name))
 
     def scores_record(self) -> dict:
@@ -99,5 +99,5 @@ class SegmentationResult:
             "mode": self.model.get("mode"),
         }
 
-    def save_scores(self, path: str | os.PathLike) -> Path:
+    def save_scores(self, path: str | os.PathLike) -> Path | str:
         return outputs.atomic_torch_save(path, self.scores_record())

@@ -41,7 +41,7 @@ from dslo.classes import (
     class_names as _class_names,
 )
 from dslo.errors import SettingsError, check_known
-from dslo.head import HeadConfig, get_mode, upsample_argmax
+from dslo.head import HeadConfig, evidence_posterior, get_mode, upsample_argmax
 from dslo.head import refine as _head_refine
 from dslo.head.pamr import pamr
 from dslo.imageio import DEFAULT_MAX_SIDE, ImageLike, resize_max_side, to_rgb_array
@@ -332,7 +332,7 @@ class Segmenter:
         shift = 1 if policy.kind == "threshold" else 0
         labels = labels + shift
         if policy.kind == "threshold":
-            conf = torch.softmax(policy.scale * logits.float(), dim=0).amax(0)  # (h, w)
+            conf = evidence_posterior(logits, policy.scale).amax(0)  # (h, w): the class probability NMS reads
             conf = torch.nn.functional.interpolate(conf[None, None], size=(H, W), mode="bilinear",
                                                    align_corners=False)[0, 0].cpu()
             labels[conf < policy.threshold] = 0

@@ -31,7 +31,7 @@ def collect() -> dict:
     """``{"presets": {name: {..., "ready": bool}}, "models": {kind: {name: available}},
     "cards": {name: {"note", "source", "format", "input_size", "mean", "std", "prompts"}}, "modes"}``."""
     from dslo.models import list_models, weights_available
-    from dslo.presets import list_presets
+    from dslo.presets import OFFLINE_FALLBACK_LOGITS, list_presets
 
     available: dict[str, bool] = {}
 
@@ -56,7 +56,7 @@ def collect() -> dict:
         logits = p["logits"]
         if logits is None:  # offline: ready with any CLIP passed by --logits
             ready = have(p["attention"])
-            note = "needs --logits DIR" if not have("clip-b16") else ""
+            note = "needs --logits DIR" if not have(OFFLINE_FALLBACK_LOGITS) else ""
         else:
             ready = have(logits) and have(p["attention"])
             note = ""

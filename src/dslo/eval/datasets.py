@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from dslo.eval.classes import parse_class_lines, read_class_file, resolve_class_file
+from dslo.imageio import IMAGE_SUFFIXES
 
 IGNORE_INDEX = 255
 
@@ -247,8 +248,7 @@ def _folder(data_root: Path, split: str | None, name: str):
         if not img_dir.is_dir() or not ann_dir.is_dir():
             raise DatasetLayoutError(f"{name}: split {split!r} needs {img_dir} and {ann_dir}")
     samples = []
-    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in suffixes):
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         samples.append(Sample(img, ann_dir / f"{img.stem}.png", img.stem))
     if not samples:
         raise DatasetLayoutError(f"{name}: no images in {img_dir}")

@@ -45,8 +45,9 @@ def background_record(dataset: SegDataset, threshold: float | None = None) -> di
             return {"policy": "threshold", "index": dataset.background_index, "threshold": threshold,
                     "note": "the background line is not prompted; pixels whose max CLIP class "
                             "probability is below the threshold become background"}
-        return {"policy": "class", "index": dataset.background_index,
-                "names": list(dataset.classes[dataset.background_index])}
+        index = dataset.background_index
+        assert index is not None  # a "class" background has its index
+        return {"policy": "class", "index": index, "names": list(dataset.classes[index])}
     if threshold is not None:
         raise ValueError(
             f"{dataset.name} has no background class (background: {dataset.background}); "

@@ -95,7 +95,7 @@ def table_rows(reports: dict[str, dict | None], model_label: str, names: Sequenc
     is over the benchmarks present (marked when some are missing)."""
     head = "| Model | " + " | ".join(DATASETS[n].title for n in names) + " | Avg. |"
     sep = "|" + "---|" * (len(names) + 2)
-    vals = [reports.get(n)["miou"] if reports.get(n) else None for n in names]
+    vals = [r["miou"] if (r := reports.get(n)) else None for n in names]
     got = [v for v in vals if v is not None]
     avg = fmt(sum(got) / len(got)) if got else "–"
     if got and len(got) < len(names):

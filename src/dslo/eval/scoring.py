@@ -21,7 +21,7 @@ def prediction_path(pred_dir: str | os.PathLike, stem: str) -> Path:
     return Path(pred_dir) / f"{stem}.png"
 
 
-def write_prediction(path: str | os.PathLike, labels: np.ndarray) -> Path:
+def write_prediction(path: str | os.PathLike, labels: np.ndarray) -> Path | str:
     """Write ``(H, W)`` integer train ids as a PNG (8-bit when ids < 256, else 16-bit), atomically:
     a half-written file never carries the final name, so an interrupted run resumes cleanly."""
     path = Path(path)

@@ -33,7 +33,6 @@ from dslo.models.clip_methods import (
 from dslo.models.common import (
     CLIP_MEAN,
     CLIP_STD,
-    aspect_size,
     check_settings,
     image_key,
     one_image_memo,
@@ -141,20 +140,6 @@ class ClipLogitsModel(VisionLanguageLogits):
         return out
 
     # ---- image side -------------------------------------------------------------------------
-    def image_towers(self) -> list[torch.nn.Module]:
-        """The vision tower (what ``accel`` quantizes); the text tower runs once per vocabulary
-        and stays float, and so does the 1-layer visual projection (0.5 % of a B/16's FLOPs)."""
-        return [self.model.vision_model]
-
-    def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Model input ``(H', W')`` for an image of size ``image_hw``."""
-        return aspect_size(image_hw, self.settings.short_side, self.patch_size)
-
-    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid ``(h, w)`` of the logits for an image of size ``image_hw``."""
-        H, W = self.input_size(image_hw)
-        return H // self.patch_size, W // self.patch_size
-
     def _trunk(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the last block, ``(B, 1 + h*w, C)``, and the grid ``(h, w)``, for a
         normalised ``(B, 3, H, W)`` input (position table resized per ``pos_interp``)."""

@@ -253,7 +253,7 @@ def last_block(
     elif attention == "proxy":
         if proxy is None:
             raise ValueError("method 'proxyclip' needs proxy features (M, D') on the proxy grid")
-        pg = tuple(proxy_grid or grid)
+        pg = proxy_grid or grid
         if proxy.ndim != 2 or proxy.shape[0] != pg[0] * pg[1]:
             raise ValueError(f"proxy features must be ({pg[0] * pg[1]}, D') for the grid {pg}; "
                              f"got {tuple(proxy.shape)}")

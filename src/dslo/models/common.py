@@ -83,7 +83,7 @@ def pixel_tensor(
     Bicubic PIL resize on uint8, as the CLIP and DINO image processors do."""
     arr = to_rgb_array(image)
     if arr.shape[:2] != tuple(size_hw):
-        arr = np.asarray(Image.fromarray(arr).resize((size_hw[1], size_hw[0]), Image.BICUBIC))
+        arr = np.asarray(Image.fromarray(arr).resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC))
     if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own writable memory
         arr = arr.copy()
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=torch.float32)

@@ -42,7 +42,7 @@ from dslo.errors import SettingsError
 from dslo.imageio import to_rgb_array
 from dslo.models.clip import check_tokenizer
 from dslo.models.clip_methods import last_block
-from dslo.models.common import aspect_size, check_settings, pixel_tensor
+from dslo.models.common import check_settings, pixel_tensor
 from dslo.models.templates import SIGLIP_TEMPLATES, canonical_text
 from dslo.models.vision_language import VisionLanguageLogits
 from dslo.models.weights import check_model_folder, locate, read_json, resolve_dtype, weights_error
@@ -138,20 +138,6 @@ class SiglipLogitsModel(VisionLanguageLogits):
                 f"device={self.device}, dtype={self.dtype})")
 
     # ---- image side -------------------------------------------------------------------------
-    def image_towers(self) -> list[torch.nn.Module]:
-        """The vision tower with its pooling head (what ``accel`` quantizes; the head's
-        ``nn.MultiheadAttention`` keeps its float projections); the text tower stays float."""
-        return [self.model.vision_model]
-
-    def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Model input ``(H', W')`` for an image of size ``image_hw``."""
-        return aspect_size(image_hw, self.settings.short_side, self.patch_size)
-
-    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid ``(h, w)`` of the logits for an image of size ``image_hw``."""
-        H, W = self.input_size(image_hw)
-        return H // self.patch_size, W // self.patch_size
-
     def _trunk(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the last block ``(B, h·w, C)`` and the grid, for a normalised
         ``(B, 3, H, W)`` input (positions resized to the grid as the checkpoint's library does)."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from dslo.classes import normalize_classes  # the one meaning of a class list
+from dslo.models.common import aspect_size
 
 __all__ = ["VisionLanguageLogits"]
 
@@ -30,15 +31,34 @@ class VisionLanguageLogits:
     parameters), ``embed_dim`` and call :meth:`_init_text_side`."""
 
     settings: Any
+    model: Any
     device: torch.device
     dtype: torch.dtype
     identity: str | None
     embed_dim: int
+    patch_size: int
     score_offset: float = 0.0  # added to every cosine score (a constant: the head's softmaxes ignore it)
 
     def _init_text_side(self) -> None:
         self._text_cache: dict[str, torch.Tensor] = {}
         self.texts_encoded = 0  # names this model's text tower has embedded (cache misses)
+
+    # ---- the image grid (subclasses set ``patch_size`` and ``settings.short_side``) ------------
+    def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Model input ``(H', W')`` for an image of size ``image_hw``."""
+        return aspect_size(image_hw, self.settings.short_side, self.patch_size)
+
+    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` of the logits for an image of size ``image_hw``."""
+        H, W = self.input_size(image_hw)
+        return H // self.patch_size, W // self.patch_size
+
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The vision tower (SigLIP: with its pooling head, whose ``nn.MultiheadAttention`` keeps
+        its float projections): what ``accel`` quantizes (:mod:`dslo.models.accel`). The text
+        tower runs once per vocabulary and stays float, and so does CLIP's one-layer visual
+        projection (0.5 % of a B/16's FLOPs). Subclasses set ``model``."""
+        return [self.model.vision_model]
 
     # ---- what a subclass provides -----------------------------------------------------------
     def dense_features_batch(self, images: Sequence[Any]) -> torch.Tensor:

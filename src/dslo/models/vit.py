@@ -210,7 +210,9 @@ class VitAttentionSource:
         per_layer = self.attention(x)
         lw = self.settings.layer_weights or (1.0,) * len(per_layer)
         total = sum(lw)
-        combined = sum(w / total * a for w, a in zip(lw, per_layer, strict=False))
+        combined = lw[0] / total * per_layer[0]  # summed in layer order, as sum() did
+        for w, a in zip(lw[1:], per_layer[1:], strict=False):
+            combined = combined + w / total * a
         A = torch.stack([patch_affinity(c[None], num_prefix=self.num_prefix) for c in combined])
         if A.shape[-1] != grid[0] * grid[1]:
             raise RuntimeError(f"attention has {A.shape[-1]} patch tokens but the grid is {grid}; "
