@@ -103,13 +103,19 @@ def readout_cost(L: torch.Tensor, A: torch.Tensor, image: torch.Tensor, device: 
     return row
 
 
-def bench(n_side: int, K: int, device: torch.device, repeat: int, step_classes: tuple[int, ...] = (21,)) -> dict:
-    h = w = n_side
+def inputs(n_side: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits ``(K, n, n)``, the affinity ``(n², n²)`` and the two guide images (448², 2048×1024)."""
     g = torch.Generator().manual_seed(1)
-    L = (0.2 + 0.05 * torch.randn(K, h, w, generator=g)).to(device)
-    A = semantic_affinity(h, w).to(device)
+    L = (0.2 + 0.05 * torch.randn(K, n_side, n_side, generator=g)).to(device)
+    A = semantic_affinity(n_side, n_side).to(device)
     img448 = torch.rand(448, 448, 3, generator=g).to(device)
     img2k = torch.rand(1024, 2048, 3, generator=g).to(device)
+    return L, A, img448, img2k
+
+
+def bench(n_side: int, K: int, device: torch.device, repeat: int, step_classes: tuple[int, ...] = (21,)) -> dict:
+    h = w = n_side
+    L, A, img448, img2k = inputs(n_side, K, device)
     cfg = HeadConfig()
     flat = L.reshape(K, -1)
     a, kept = seed_classes(flat, cfg)  # the head's own seeding (NMS, fallback, early rejection)
@@ -154,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, help="timed runs per stage (default 5, quick 3)")
     ap.add_argument("--step-classes", type=int, nargs="*", default=[21],
                     help="K values whose rows time the readout in each step of the λ rule (default 21)")
+    ap.add_argument("--readout-only", action="store_true",
+                    help="time only the readout by step of the λ rule (for --step-classes), not the stages")
     args = ap.parse_args(argv)
     sides = args.sides or ([32] if args.quick else [32, 64])
     repeat = args.repeat or (3 if args.quick else 5)
@@ -161,21 +169,30 @@ def main(argv=None) -> int:
     for device in devices(args.device):
         for s in sides:
             for K in args.classes:
-                row = bench(s, K, device, repeat, tuple(args.step_classes))
+                if args.readout_only:
+                    if K not in args.step_classes:
+                        continue
+                    L, A, img448, _ = inputs(s, K, device)
+                    row = {"N": s * s, "K": K, "device": device.type, **readout_cost(L, A, img448, device, repeat)}
+                else:
+                    row = bench(s, K, device, repeat, tuple(args.step_classes))
                 rows.append(row)
                 print(f"done N={row['N']} K={K} on {device.type}", file=sys.stderr)
     cols = ["device", "N", "K", "K'", "NMS", "IPF", "O.P.", "M.V.", "JBU 448²", "JBU 2048×1024",
             "refine mv 448²", "refine op 448²", "paper readout mv 448²", "paper readout op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    header = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)"
-    table = markdown_table(cols, fmt, fmt="{}")
+    import os
+
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of {repeat}); "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
+    table = "" if args.readout_only else markdown_table(cols, fmt, fmt="{}")
     step_cols = [c for c in dict.fromkeys(k for r in rows for k in r) if " step " in c and not c.startswith("default ")]
     if step_cols:  # issue 23: the default readout at most 1.15x the paper's, in each step of its λ rule
         steps = [{"device": r["device"], "N": r["N"], "K": r["K"],
                   **{c: (f"{r[c]:.2f}" if c.startswith("readout/") else f"{r[c]:.0f}") for c in step_cols if c in r}}
                  for r in rows if any(c in r for c in step_cols)]
-        table += ("\n\nThe readout's cost by step of the λ rule (ratio: default / paper readout, same run, "
+        table += ("" if args.readout_only else "\n\n") + ("The readout's cost by step of the λ rule (ratio: default / paper readout, same run, "
                   "alternated; paper: ms):\n\n" + markdown_table(["device", "N", "K"] + step_cols, steps, fmt="{}"))
     print(header)
     print(table)
