@@ -85,8 +85,9 @@ def readout_cost(L: torch.Tensor, A: torch.Tensor, image: torch.Tensor, device: 
         rule = fusion_rule(HeadConfig(), mode)
         for step in range(len(rule.levels) if rule is not None else 0):
             Ls = logits_in_step(L, mode, step)
-            calls = {"default": lambda Ls=Ls: refine(Ls, A, image, mode=mode),
-                     "paper": lambda Ls=Ls: refine(Ls, A, image, mode=mode, fusion="none", recover_threshold=None)}
+            calls = {"default": lambda Ls=Ls, mode=mode: refine(Ls, A, image, mode=mode),
+                     "paper": lambda Ls=Ls, mode=mode: refine(Ls, A, image, mode=mode, fusion="none",
+                                                              recover_threshold=None)}
             best = {k: float("inf") for k in calls}
             for f in calls.values():
                 f()  # warm-up
