@@ -427,14 +427,16 @@ def test_speed_accel_counts_int8_layers_at_their_packed_size():
 
 @pytest.mark.slow
 def test_speed_accel_offline_preset_in_process():
-    """float32 against int8 for the offline preset (real focus-s14, random CLIP B/16), two rounds,
-    and agreement over two CamVid images when ../shared/data is there."""
+    """float32 against int8 for the offline preset (real focus-s14, random CLIP B/16), one round,
+    and agreement over one CamVid image when ../shared/data is there (about 3 min on 2 loaded cores)."""
     from benchmarks import speed
     from benchmarks.speed_accel import measure_accel
 
-    row = measure_accel("offline", torch.device("cpu"), "int8", rounds=2, image_path=None, agreement_images=2)
-    assert row["speedup"] > 0 and len(row["ms"]["float32"]) == len(row["ms"]["int8"]) == 2
+    row = measure_accel("offline", torch.device("cpu"), "int8", rounds=1, image_path=None, agreement_images=1)
+    assert row["speedup"] > 0 and len(row["ms"]["float32"]) == len(row["ms"]["int8"]) == 1
     assert row["weights_MB"]["int8"] < 0.7 * row["weights_MB"]["float32"]
     assert 0.9 < row["label_agreement"] <= 1.0 and 0.98 < row["affinity_cosine"] <= 1.0 + 1e-6
-    md = speed.render_accel([row], {"command": "x", "machine": "m", "rounds": 2})
+    if row["agreement"]["images"]:  # real focus-s14 weights on a real CamVid image
+        assert row["agreement"]["affinity_cosine_mean"] > 0.99 and row["agreement"]["label_agreement_mean"] > 0.95
+    md = speed.render_accel([row], {"command": "x", "machine": "m", "rounds": 1})
     assert "| offline |" in md
