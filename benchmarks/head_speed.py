@@ -7,6 +7,13 @@ h×w grid, and a "semantic" affinity (patches attend mostly to patches of their 
 region, a little elsewhere), on which the M.V. chain arrives in a few steps as it does with
 DINOv2-style attention. For K = 150 the head's top-k early rejection keeps 10 classes, so the
 discrepancy stages run on 10 classes.
+
+The readout's cost (issue 23's bound): for K in ``--step-classes`` (default 21), the default
+readout (fused, recovery seeds) against the paper's (``fusion="none", recover_threshold=None``),
+timed alternately in the same run, in **each step of the mode's λ rule**: the logits are spread
+about their mean so the evidence margin lands in that step (checked with the rule itself), then
+``refine`` to a 448² label map. Columns ``readout/paper <mode> step j`` (the ratio; bound 1.15)
+and ``paper <mode> step j`` (ms).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import torch
 from benchmarks.common import atomic_write_text, devices, markdown_table, peak_memory, time_ms
 from dslo.head import (
     HeadConfig,
+    evidence_margin,
+    fusion_rule,
     ipf,
     joint_bilateral_upsample,
     maximum_velocity,
@@ -42,13 +51,72 @@ def semantic_affinity(h: int, w: int, regions: int = 6, seed: int = 0) -> torch.
     return A / A.sum(1, keepdim=True)
 
 
-def bench(n_side: int, K: int, device: torch.device, repeat: int) -> dict:
-    h = w = n_side
+def logits_in_step(L: torch.Tensor, mode: str, step: int) -> torch.Tensor | None:
+    """``L (K, h, w)`` spread about its mean (``μ + α(L − μ)``; the evidence margin scales with α)
+    so the default readout's λ rule puts it in ``step``; None when the mode has no rule."""
+    rule = fusion_rule(HeadConfig(), mode)
+    if rule is None:
+        return None
+    t = sorted(rule.thresholds)
+    # a margin inside the step: above the largest threshold (step 0), below the smallest (the
+    # last step), else midway between the two thresholds that bound it
+    j = len(t) - step  # thresholds below the target margin
+    target = t[-1] * 1.25 if j == len(t) else t[0] * 0.75 if j == 0 else (t[j - 1] + t[j]) / 2
+    mu = L.mean()
+    out = mu + (L - mu) * (target / evidence_margin(L.reshape(L.shape[0], -1)))
+    got = rule.step(evidence_margin(out.reshape(L.shape[0], -1)))
+    if got != step:
+        raise RuntimeError(f"logits meant for step {step} of the {mode} rule landed in step {got}")
+    return out
+
+
+def readout_cost(L: torch.Tensor, A: torch.Tensor, image: torch.Tensor, device: torch.device,
+                 repeat: int) -> dict:
+    """Per mode and step of its λ rule: the default readout's and the paper's ``refine`` time
+    (best of ``repeat``, the two alternated call by call) and their ratio."""
+    import time
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    row: dict = {}
+    for mode in ("mv", "op"):
+        rule = fusion_rule(HeadConfig(), mode)
+        for step in range(len(rule.levels) if rule is not None else 0):
+            Ls = logits_in_step(L, mode, step)
+            calls = {"default": lambda Ls=Ls, mode=mode: refine(Ls, A, image, mode=mode),
+                     "paper": lambda Ls=Ls, mode=mode: refine(Ls, A, image, mode=mode, fusion="none",
+                                                              recover_threshold=None)}
+            best = {k: float("inf") for k in calls}
+            for f in calls.values():
+                f()  # warm-up
+            for r in range(repeat):
+                for k in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+                    sync()
+                    t0 = time.perf_counter()
+                    calls[k]()
+                    sync()
+                    best[k] = min(best[k], (time.perf_counter() - t0) * 1000)
+            row[f"paper {mode} step {step}"] = best["paper"]
+            row[f"default {mode} step {step}"] = best["default"]
+            row[f"readout/paper {mode} step {step}"] = best["default"] / best["paper"]
+    return row
+
+
+def inputs(n_side: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits ``(K, n, n)``, the affinity ``(n², n²)`` and the two guide images (448², 2048×1024)."""
     g = torch.Generator().manual_seed(1)
-    L = (0.2 + 0.05 * torch.randn(K, h, w, generator=g)).to(device)
-    A = semantic_affinity(h, w).to(device)
+    L = (0.2 + 0.05 * torch.randn(K, n_side, n_side, generator=g)).to(device)
+    A = semantic_affinity(n_side, n_side).to(device)
     img448 = torch.rand(448, 448, 3, generator=g).to(device)
     img2k = torch.rand(1024, 2048, 3, generator=g).to(device)
+    return L, A, img448, img2k
+
+
+def bench(n_side: int, K: int, device: torch.device, repeat: int, step_classes: tuple[int, ...] = (21,)) -> dict:
+    h = w = n_side
+    L, A, img448, img2k = inputs(n_side, K, device)
     cfg = HeadConfig()
     flat = L.reshape(K, -1)
     a, kept = seed_classes(flat, cfg)  # the head's own seeding (NMS, fallback, early rejection)
@@ -78,6 +146,8 @@ def bench(n_side: int, K: int, device: torch.device, repeat: int) -> dict:
     with peak_memory(device) as mem:
         refine(L, A, img2k, mode="mv")
     row["peak MB mv 2048×1024"] = mem["peak_mb"]
+    if K in step_classes:
+        row.update(readout_cost(L, A, img448, device, repeat))
     return row
 
 
@@ -89,6 +159,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sides", type=int, nargs="+", help="grid sides (N = side²); default 32 64 (quick: 32)")
     ap.add_argument("--classes", type=int, nargs="+", default=[5, 21, 150], help="K values (default 5 21 150)")
     ap.add_argument("--repeat", type=int, help="timed runs per stage (default 5, quick 3)")
+    ap.add_argument("--step-classes", type=int, nargs="*", default=[21],
+                    help="K values whose rows time the readout in each step of the λ rule (default 21)")
+    ap.add_argument("--readout-only", action="store_true",
+                    help="time only the readout by step of the λ rule (for --step-classes), not the stages")
     args = ap.parse_args(argv)
     sides = args.sides or ([32] if args.quick else [32, 64])
     repeat = args.repeat or (3 if args.quick else 5)
@@ -96,15 +170,31 @@ def main(argv=None) -> int:
     for device in devices(args.device):
         for s in sides:
             for K in args.classes:
-                row = bench(s, K, device, repeat)
+                if args.readout_only:
+                    if K not in args.step_classes:
+                        continue
+                    L, A, img448, _ = inputs(s, K, device)
+                    row = {"N": s * s, "K": K, "device": device.type, **readout_cost(L, A, img448, device, repeat)}
+                else:
+                    row = bench(s, K, device, repeat, tuple(args.step_classes))
                 rows.append(row)
                 print(f"done N={row['N']} K={K} on {device.type}", file=sys.stderr)
     cols = ["device", "N", "K", "K'", "NMS", "IPF", "O.P.", "M.V.", "JBU 448²", "JBU 2048×1024",
             "refine mv 448²", "refine op 448²", "paper readout mv 448²", "paper readout op 448²", "batch speed-up O.P.", "batch speed-up M.V.",
             "peak MB mv 448²", "peak MB op 448²", "peak MB mv 2048×1024"]
     fmt = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    header = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of n)"
-    table = markdown_table(cols, fmt, fmt="{}")
+    import os
+
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; times in ms (best of {repeat}); "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
+    table = "" if args.readout_only else markdown_table(cols, fmt, fmt="{}")
+    step_cols = [c for c in dict.fromkeys(k for r in rows for k in r) if " step " in c and not c.startswith("default ")]
+    if step_cols:  # issue 23: the default readout at most 1.15x the paper's, in each step of its λ rule
+        steps = [{"device": r["device"], "N": r["N"], "K": r["K"],
+                  **{c: (f"{r[c]:.2f}" if c.startswith("readout/") else f"{r[c]:.0f}") for c in step_cols if c in r}}
+                 for r in rows if any(c in r for c in step_cols)]
+        table += ("" if args.readout_only else "\n\n") + ("The readout's cost by step of the λ rule (ratio: default / paper readout, same run, "
+                  "alternated; paper: ms):\n\n" + markdown_table(["device", "N", "K"] + step_cols, steps, fmt="{}"))
     print(header)
     print(table)
     if args.json:  # the rows as JSON, and the printed table next to them as markdown

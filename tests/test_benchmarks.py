@@ -376,3 +376,67 @@ def test_rule_statistics_bracket_the_rules_margin():
     clean[1, :, 4:] = 0.30
     st = rule_statistics.statistics(clean, _semantic_affinity(h, w), (h, w), 40.0)
     assert st["arg-max kept by attention averaging"] == 1.0 and st["grid neighbours agreeing"] > 0.9
+
+
+# --- issue 23: the readout's cost per step of the λ rule, int8 against float32 ------------------------
+@pytest.mark.parametrize("mode", ["mv", "op"])
+def test_head_speed_logits_land_in_every_step_of_the_rule(mode):
+    """head_speed.py's per-step logits land where the default readout's own rule says."""
+    from benchmarks import head_speed
+
+    from dslo.head import HeadConfig, evidence_margin, fusion_rule
+
+    g = torch.Generator().manual_seed(0)
+    L = 0.2 + 0.05 * torch.randn(21, 8, 8, generator=g)
+    rule = fusion_rule(HeadConfig(), mode)
+    for step in range(len(rule.levels)):
+        Ls = head_speed.logits_in_step(L, mode, step)
+        assert rule.step(evidence_margin(Ls.reshape(21, -1))) == step
+        torch.testing.assert_close(Ls.mean(), L.mean())  # spread about the mean, not shifted
+
+
+def test_head_speed_readout_cost_times_both_readouts_in_each_step():
+    from benchmarks import head_speed
+
+    from dslo.head import HeadConfig, fusion_rule
+
+    g = torch.Generator().manual_seed(1)
+    L = 0.2 + 0.05 * torch.randn(5, 8, 8, generator=g)
+    A = head_speed.semantic_affinity(8, 8)
+    row = head_speed.readout_cost(L, A, torch.rand(32, 32, 3, generator=g), torch.device("cpu"), repeat=1)
+    for mode in ("mv", "op"):
+        for step in range(len(fusion_rule(HeadConfig(), mode).levels)):
+            assert row[f"paper {mode} step {step}"] > 0
+            ratio = row[f"default {mode} step {step}"] / row[f"paper {mode} step {step}"]
+            assert row[f"readout/paper {mode} step {step}"] == pytest.approx(ratio)
+
+
+def test_speed_accel_counts_int8_layers_at_their_packed_size():
+    from benchmarks.speed_accel import weights_mb
+
+    from dslo.models.accel import quantize_linear_int8
+
+    box = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.LayerNorm(512))
+    before = weights_mb(box)
+    assert before == pytest.approx((256 * 512 + 512 + 2 * 512) * 4 / 2**20)
+    quantize_linear_int8(box)
+    after = weights_mb(box)
+    # int8 weights, float bias, per-channel scale and zero point (16 bytes a channel), the norm in float
+    assert after == pytest.approx((256 * 512 + 512 * 4 + 512 * 16 + 2 * 512 * 4) / 2**20)
+
+
+@pytest.mark.slow
+def test_speed_accel_offline_preset_in_process():
+    """float32 against int8 for the offline preset (real focus-s14, random CLIP B/16), one round,
+    and agreement over one CamVid image when ../shared/data is there (about 3 min on 2 loaded cores)."""
+    from benchmarks import speed
+    from benchmarks.speed_accel import measure_accel
+
+    row = measure_accel("offline", torch.device("cpu"), "int8", rounds=1, image_path=None, agreement_images=1)
+    assert row["speedup"] > 0 and len(row["ms"]["float32"]) == len(row["ms"]["int8"]) == 1
+    assert row["weights_MB"]["int8"] < 0.7 * row["weights_MB"]["float32"]
+    assert 0.9 < row["label_agreement"] <= 1.0 and 0.98 < row["affinity_cosine"] <= 1.0 + 1e-6
+    if row["agreement"]["images"]:  # real focus-s14 weights on a real CamVid image
+        assert row["agreement"]["affinity_cosine_mean"] > 0.99 and row["agreement"]["label_agreement_mean"] > 0.95
+    md = speed.render_accel([row], {"command": "x", "machine": "m", "rounds": 1})
+    assert "| offline |" in md

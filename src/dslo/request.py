@@ -42,7 +42,7 @@ class ModelChoice:
     """The segmenter a run builds: a preset (a name of :data:`dslo.presets.PRESETS`, a logits model
     name or a CLIP folder) and what replaces its choices. ``settings``: head settings (fields of
     :class:`dslo.head.HeadConfig`) plus the segmenter's ``post`` and ``mode``; ``max_side`` None
-    never downscales."""
+    never downscales; ``accel`` ``"none"`` | ``"int8"`` (:mod:`dslo.models.accel`)."""
 
     preset: str = "default"
     logits: str | None = None
@@ -54,10 +54,14 @@ class ModelChoice:
     device: str = "auto"
     dtype: str = "auto"
     max_side: int | None = DEFAULT_MAX_SIDE
+    accel: str = "none"
 
     def __post_init__(self) -> None:
+        from dslo.models.accel import check_accel
+
         for name in ("settings", "logits_options", "attention_options"):
             object.__setattr__(self, name, _copy(getattr(self, name)))
+        object.__setattr__(self, "accel", check_accel(self.accel))
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
             raise SettingsError(f"max_side must be an integer >= 16 or None (never downscale); got {self.max_side!r}")
 
@@ -80,8 +84,13 @@ class ModelChoice:
         by :class:`dslo.head.HeadConfig`; the model options are checked against the models'
         settings; all before any model loads. A bad value is a one-line ``SettingsError``."""
         from dslo.head import HeadConfig
+        from dslo.models.accel import check_accel
         from dslo.models.options import check_model_options
+        from dslo.models.weights import resolve_device
         from dslo.segmenter import POST_PROCESSES
+
+        if self.accel != "none":  # int8 on a GPU is refused before any model loads
+            check_accel(self.accel, resolve_device("auto") if self.device == "auto" else self.device)
 
         settings = dict(self.settings)
         settings.pop("mode", None)  # --set mode=op is --mode op
@@ -109,6 +118,8 @@ class ModelChoice:
             overrides["logits_options"] = dict(self.logits_options)
         if self.attention_options:
             overrides["attention_options"] = dict(self.attention_options)
+        if self.accel != "none":
+            overrides["accel"] = self.accel
         return dict(device=self.device, dtype=self.dtype, max_side=self.max_side, background=background,
                     **overrides)
 
@@ -221,6 +232,8 @@ class SegmentRequest:
             "attention_options": dict(sorted(m.attention_options.items())),
             "max_side": m.max_side,
             "dtype": m.dtype,
+            # only when on: outputs of float runs keep the record they had before accel existed
+            **({"accel": m.accel} if m.accel != "none" else {}),
         }
 
     def create_segmenter(self) -> Segmenter:

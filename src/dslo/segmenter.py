@@ -68,7 +68,7 @@ __all__ = [
 
 # Settings of the segmenter itself; every other override must be a field of dslo.head.HeadConfig.
 OWN_SETTINGS = ("logits", "attention", "mode", "max_side", "dtype", "background", "head",
-                "logits_options", "attention_options", "post")
+                "logits_options", "attention_options", "post", "accel")
 POST_PROCESSES = ("none", "pamr")
 
 
@@ -96,6 +96,8 @@ class Segmenter:
     The models follow :class:`dslo.models.LogitsModel` (``logits(image, classes) -> (K, h, w)``)
     and :class:`dslo.models.AttentionSource` (``affinity(image) -> (A (N, N), (h_a, w_a))``).
     ``head``: the head's settings; ``head_settings``: field overrides applied on top of it.
+    ``accel``: ``"none"`` or ``"int8"`` (:mod:`dslo.models.accel`: the models' image towers are
+    quantized **in place**, on the CPU; the text tower stays float).
 
     As segment-anything splits ``set_image`` and ``predict``: :meth:`encode` runs the model passes
     once, :meth:`decode` turns them into a segmentation for any class list, head mode or head
@@ -105,8 +107,11 @@ class Segmenter:
     def __init__(self, logits_model: LogitsModel | None, attention_model: AttentionSource | None, *,
                  mode: str = "mv", head: HeadConfig | None = None, head_settings: dict | None = None,
                  max_side: int | None = DEFAULT_MAX_SIDE, background: object = None, info: dict | None = None,
-                 post: str | None = None) -> None:
+                 post: str | None = None, accel: str | None = "none") -> None:
+        from dslo.models.accel import accelerate, check_accel
+
         get_mode(mode)
+        accel = check_accel(accel)
         if post is not None and post not in POST_PROCESSES:
             raise SettingsError(f"post={post!r}; use one of {POST_PROCESSES} (pamr: pixel-adaptive mask "
                                 "refinement, 10 steps, dilations 8 and 16, as NACLIP's published numbers)")
@@ -122,6 +127,9 @@ class Segmenter:
         self.background = parse_background(background)
         self.info = dict(info or {})
         self.post = None if post in (None, "none") else post
+        self.accel = accel
+        for model in (logits_model, attention_model):  # CLIP attention shares the logits model's towers
+            accelerate(model, accel)
 
     @property
     def head_settings(self) -> dict:
@@ -144,6 +152,7 @@ class Segmenter:
                      for k, v in (head or self.head).as_dict().items()},
             "max_side": self.max_side,
             "post": self.post or "none",
+            "accel": self.accel,
             "background": (background or self.background).describe(),
             "dslo_version": __version__,
         })
@@ -370,10 +379,12 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     both models), ``background`` (the default policy of :meth:`Segmenter.predict`),
     ``logits_options`` / ``attention_options`` (dicts of model settings, on top of the preset's),
     ``head`` (a :class:`dslo.head.HeadConfig` replacing the preset's), ``post`` ("none" |
-    "pamr": PAMR on the score maps the arg-max reads) and any field of ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
+    "pamr": PAMR on the score maps the arg-max reads), ``accel`` ("none" | "int8": dynamic int8
+    image towers on the CPU, :mod:`dslo.models.accel`) and any field of ``HeadConfig``. Unknown settings raise :class:`dslo.errors.SettingsError`; missing weights
     raise ``dslo.models.WeightsNotFoundError`` saying how to get them.
     """
     from dslo.models import create_attention_model, create_logits_model
+    from dslo.models.accel import check_accel
 
     preset, implied = resolve_preset(name_or_preset)
     overrides = {**implied, **overrides}
@@ -385,6 +396,7 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
     mode = overrides.get("mode") or preset.mode
     get_mode(mode)
     dev = resolve_device(device)
+    accel = check_accel(overrides.get("accel"), dev)  # refused before any weights load
 
     logits_name = preset.logits_model(overrides.get("logits"))
     attention_name = overrides.get("attention") or preset.attention
@@ -426,4 +438,5 @@ def create_segmenter(name_or_preset: str | os.PathLike | Preset = "default", dev
         background=overrides.get("background"),
         info=info,
         post=overrides.get("post"),
+        accel=accel,
     )

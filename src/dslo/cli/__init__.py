@@ -24,6 +24,7 @@ _SUBCOMMANDS = [
     "dslo.cli.data",
     "dslo.cli.label_studio",
     "dslo.cli.export",
+    "dslo.cli.check_accel",
 ]
 
 

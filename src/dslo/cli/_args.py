@@ -99,6 +99,25 @@ def mode_arg(text: str) -> str:
     return text
 
 
+ACCEL_HELP = ("none (default) or int8: the image towers' linear layers in dynamic int8 on the CPU "
+              "(text tower float); compare with float32 on your own images first: `dslo check-accel`")
+
+
+def accel_arg(text: str) -> str:
+    """``--accel``: a name of :data:`dslo.models.accel.ACCEL_CHOICES` (imported on use)."""
+    from dslo.errors import SettingsError
+    from dslo.models.accel import check_accel
+
+    try:
+        return check_accel(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_accel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", type=accel_arg, default="none", metavar="none|int8", help=ACCEL_HELP)
+
+
 def quiet_libraries() -> None:
     """Silence the progress bars that transformers / huggingface_hub draw while loading models
     (``--quiet`` means no bars at all)."""

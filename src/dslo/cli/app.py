@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dslo.cli._args import max_side_arg, parse_setting
+from dslo.cli._args import add_accel_arg, max_side_arg, parse_setting
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
+    add_accel_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
                                                        "this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import MODE_HELP, max_side_arg, mode_arg, parse_setting
+from dslo.cli._args import MODE_HELP, add_accel_arg, max_side_arg, mode_arg, parse_setting
 
 
 def _positive_float(text: str) -> float:
@@ -72,6 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (under torchrun: cuda:LOCAL_RANK), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
+    add_accel_arg(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     from dslo.cli.segment import add_speed_args
 
@@ -99,6 +100,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ov["logits_options"] = dict(args.logits_options)
     if args.attention_options:
         ov["attention_options"] = dict(args.attention_options)
+    if args.accel != "none":  # int8 predictions are cached apart from float ones (the request key)
+        ov["accel"] = args.accel
     return ov
 
 

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             "given; pass the classes in the order of the logits"
         )
     # the head's own defaults (no preset: the logits come from elsewhere), checked with --set
+    # (and --accel against --device)
     head = model_choice(args, preset="").head_settings()
     to_rgb_array(args.image)  # a missing or broken image fails now, not after the model loads
     request = {
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "logits_file": str(args.logits_file), "logits_sha256": _digest(args.logits_file),
         "attention": str(args.attention), "mode": args.mode, "head": head,
         "attention_options": dict(sorted(dict(args.attention_options).items())), "max_side": args.max_side or None,
+        **({"accel": args.accel} if args.accel != "none" else {}),
     }
     check_output_location(args.output)
     image = InputItem(str(args.image.resolve()), str(args.image), args.image.stem)
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_name("attention", args.attention)
     attention = create_attention_model(args.attention, device=str(device), **dict(args.attention_options))
     seg = Segmenter(None, attention, mode=args.mode, head_settings=dict(args.settings),
-                    max_side=args.max_side or None, background=background,
+                    max_side=args.max_side or None, background=background, accel=args.accel,
                     info={"preset": None, "logits": f"file:{args.logits_file}",
                           "attention": str(args.attention), "device": str(device)})
     result = seg.refine(logits.to(device), args.image, classes)

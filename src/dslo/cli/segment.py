@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dslo.cli._args import MODE_HELP, max_side_arg, mode_arg, parse_setting, positive_int
+from dslo.cli._args import MODE_HELP, add_accel_arg, max_side_arg, mode_arg, parse_setting, positive_int
 from dslo.engines import ENGINES
 from dslo.imageio import DEFAULT_MAX_SIDE
 from dslo.outputs import OUTPUT_KINDS
@@ -78,6 +78,7 @@ def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset'
     p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
                    default=[], metavar="KEY=VALUE",
                    help="a setting of the attention model (repeatable), e.g. short_side=336")
+    add_accel_arg(p)
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -98,7 +99,7 @@ def apply_text_cache_flag(args: argparse.Namespace) -> None:
 
 def model_choice(args: argparse.Namespace, **changes) -> ModelChoice:
     """The models a command's flags ask for (``--model``, ``--logits``, ``--attention``,
-    ``--mode``, ``--set``, the model options, ``--device``, ``--dtype``, ``--max-side``)."""
+    ``--mode``, ``--set``, the model options, ``--device``, ``--dtype``, ``--max-side``, ``--accel``)."""
     from dslo.request import ModelChoice
 
     fields = dict(
@@ -107,6 +108,7 @@ def model_choice(args: argparse.Namespace, **changes) -> ModelChoice:
         settings=dict(args.settings), logits_options=dict(getattr(args, "logits_options", None) or []),
         attention_options=dict(getattr(args, "attention_options", None) or []), device=args.device,
         dtype=getattr(args, "dtype", "auto"), max_side=getattr(args, "max_side", DEFAULT_MAX_SIDE) or None,
+        accel=getattr(args, "accel", "none"),
     )
     return ModelChoice(**{**fields, **changes})
 

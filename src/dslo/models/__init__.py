@@ -12,6 +12,7 @@ from dslo.models.contracts import (
     BatchedAffinity,
     BatchedLogits,
     DenseFeatures,
+    ImageTowers,
     LogitsModel,
     TextEmbeddings,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "BatchedLogits",
     "DenseFeatures",
     "Entry",
+    "ImageTowers",
     "LogitsModel",
     "TextEmbeddings",
     "WeightsNotFoundError",

@@ -336,6 +336,9 @@ class ClipAttentionSource:
     def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return self.clip.grid_for(image_hw)
 
+    def image_towers(self) -> list[torch.nn.Module]:
+        return self.clip.image_towers()  # the shared CLIP's vision tower
+
     def affinity(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(A (N, N) float32 row-stochastic, (h, w))``: heads averaged, CLS dropped, rows
         renormalised."""

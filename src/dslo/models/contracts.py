@@ -11,6 +11,8 @@ of probing attribute names:
 - :class:`DenseFeatures`: the image side and the class side of the logits apart (encode once,
   score many class lists: ``logits(image, classes) == class_scores(dense_features(image), classes)``).
 - :class:`TextEmbeddings`: text embeddings computed once and handed to other processes.
+- :class:`ImageTowers`: the modules that run per image, which ``accel=`` acts on
+  (:mod:`dslo.models.accel`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "BatchedAffinity",
     "DenseFeatures",
     "TextEmbeddings",
+    "ImageTowers",
 ]
 
 Classes = Sequence[str | Sequence[str]]
@@ -105,4 +108,14 @@ class TextEmbeddings(Protocol):
 
     def add_text_embeddings(self, embeddings: Mapping[str, torch.Tensor]) -> None:
         """Use these ``name -> (D,)`` embeddings instead of computing them (same weights only)."""
+        ...
+
+
+@runtime_checkable
+class ImageTowers(Protocol):
+    """A model that names the torch modules it runs per image (not its text tower), so
+    ``accel="int8"`` (:func:`dslo.models.accel.accelerate`) can quantize them in place."""
+
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The per-image modules (each not itself an ``nn.Linear``; shared ones may repeat)."""
         ...

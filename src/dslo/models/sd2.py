@@ -191,6 +191,10 @@ class Sd2AttentionSource:
         return (f"Sd2AttentionSource({self.name!r}, resolution={s.resolution}, timestep={s.timestep}, "
                 f"layers={s.layers}, device={self.device}, dtype={self.dtype})")
 
+    def image_towers(self) -> list[torch.nn.Module]:
+        """UNet and VAE (what ``accel`` quantizes: their linear layers; convolutions stay float)."""
+        return [self.unet, self.vae]
+
     def latents(self, image: Any) -> torch.Tensor:
         """``(1, 4, R/8, R/8)`` latents of the image squashed to ``R×R``: the VAE posterior's mode ×
         scaling factor; with ``noise_seed`` set, forward-diffused to ``timestep`` by the scheduler."""

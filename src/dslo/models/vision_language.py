@@ -31,6 +31,7 @@ class VisionLanguageLogits:
     parameters), ``embed_dim`` and call :meth:`_init_text_side`."""
 
     settings: Any
+    model: Any
     device: torch.device
     dtype: torch.dtype
     identity: str | None
@@ -51,6 +52,13 @@ class VisionLanguageLogits:
         """Patch grid ``(h, w)`` of the logits for an image of size ``image_hw``."""
         H, W = self.input_size(image_hw)
         return H // self.patch_size, W // self.patch_size
+
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The vision tower (SigLIP: with its pooling head, whose ``nn.MultiheadAttention`` keeps
+        its float projections): what ``accel`` quantizes (:mod:`dslo.models.accel`). The text
+        tower runs once per vocabulary and stays float, and so does CLIP's one-layer visual
+        projection (0.5 % of a B/16's FLOPs). Subclasses set ``model``."""
+        return [self.model.vision_model]
 
     # ---- what a subclass provides -----------------------------------------------------------
     def dense_features_batch(self, images: Sequence[Any]) -> torch.Tensor:

@@ -135,6 +135,11 @@ class VitAttentionSource:
         return (f"VitAttentionSource({self.name!r}, short_side={s.short_side}, layers={s.layers}, "
                 f"prefix_tokens={self.num_prefix}, device={self.device}, dtype={self.dtype})")
 
+    def image_towers(self) -> list[torch.nn.Module]:
+        """The whole ViT (what ``accel`` quantizes); the pre-hook reads q/k through the projection
+        modules at call time, so quantized projections are used as they are."""
+        return [self.model]
+
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return aspect_size(image_hw, self.settings.short_side, self.patch_size)
 
