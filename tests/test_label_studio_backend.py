@@ -292,7 +292,8 @@ def test_the_command_checks_its_settings_before_any_worker_starts(tmp_path, monk
     assert "must be an http(s) address" in capsys.readouterr().err
     assert not started
     assert main(["label-studio", "--host", "0.0.0.0", "--port", "0", "--label-studio-url", "http://ls.example",
-                 "--allow-host", "cdn.example", "--max-concurrent", "2"]) == 0
+                 "--allow-host", "cdn.example", "--max-concurrent", "2", "--accel", "int8", "--device", "cpu"]) == 0
     (settings, host, port), = started
     assert (host, settings.max_concurrent, settings.basic_auth) == ("0.0.0.0", 2, ("me", "pw"))
+    assert settings.models.accel == "int8"  # the workers' segmenters quantize as `dslo segment --accel int8`
     assert settings.policy.hosts == {"ls.example", "cdn.example"}

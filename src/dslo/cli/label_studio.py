@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from dslo.cli._args import max_side_arg, mode_arg, parse_setting, positive_int
+from dslo.cli._args import add_accel_arg, max_side_arg, mode_arg, parse_setting, positive_int
 
 
 def _positive(text: str) -> float:
@@ -52,6 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
     p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
                    help="downscale larger images to this side for the models (default 1024; 0 = never)")
+    add_accel_arg(p)
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default), stuff, or a probability threshold such as 0.5: pixels of the "
                         "background are left unlabelled")
