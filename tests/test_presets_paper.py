@@ -12,10 +12,10 @@ import pytest
 import torch
 from standins import ColourAffinity, ColourLogits, colour_picture
 
-import dslo.segmenter
 from dslo.eval.protocol import describe_segmenter, readout_record
 from dslo.head import HeadConfig, refine
 from dslo.presets import PRESETS
+from dslo.segmenter import create_segmenter
 
 PAPER = [name for name in PRESETS if name.startswith("paper-")]
 PRODUCT = ["default", "default-l14", "offline"]
@@ -64,7 +64,7 @@ def test_create_segmenter_gives_the_presets_head_and_the_record_says_which_reado
 
     monkeypatch.setattr(dslo.models, "create_logits_model", lambda *a, **k: ColourLogits())
     monkeypatch.setattr(dslo.models, "create_attention_model", lambda *a, **k: ColourAffinity())
-    seg = dslo.segmenter.create_segmenter(name, device="cpu")
+    seg = create_segmenter(name, device="cpu")
     paper = name.startswith("paper-")
     assert seg.head == PRESETS[name].head and seg.head.paper_readout == paper
     rec = describe_segmenter(seg)
@@ -72,7 +72,7 @@ def test_create_segmenter_gives_the_presets_head_and_the_record_says_which_reado
     assert rec["readout"]["description"].startswith("paper:" if paper else "fused:")
     assert rec["head"]["fusion"] == ("none" if paper else "evidence")
     # an override of the readout is recorded as what ran, not as the preset's name promises
-    seg = dslo.segmenter.create_segmenter(name, device="cpu", fusion="evidence", recover_threshold=0.25)
+    seg = create_segmenter(name, device="cpu", fusion="evidence", recover_threshold=0.25)
     assert describe_segmenter(seg)["readout"]["paper"] is False
     img, _ = colour_picture(32, 40)
     assert seg.predict(img, "red, green, blue").labels.shape == (32, 40)
