@@ -46,7 +46,7 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def patch_features(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """``image (H, W, 3)`` uint8 → ``(h·w, 14)`` float32 features of each patch of ``grid``
+    """``image (H, W, 3)`` uint8 → ``(h·w, 13)`` float32 features of each patch of ``grid``
     (patch of pixel (y, x): (⌊y·h/H⌋, ⌊x·w/W⌋), as :func:`benchmarks.evidence.patch_fractions`)."""
     rgb = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
     r, g, b = rgb
