@@ -191,7 +191,7 @@ def _toy_cells(seed: int = 0, n: int = 6, K: int = 3) -> list:
             parts["jbu"].append(noisy(0.45 - 0.3 * x))
             parts[loo.PAPER].append(noisy(0.3))
             for v in loo.FUSED:
-                parts[v].append(noisy(0.35 - 0.2 * x + 0.01 * np.log1p(min(v[2], 100))))
+                parts[v].append(noisy(0.35 - 0.2 * x + 0.01 * np.log1p(min(v[1], 100))))
             stats.append(x)
         cells.append(loo.Cell(fam, s, "toy", np.arange(n), {v: np.stack(p) for v, p in parts.items()},
                               {name: np.array(stats) for name in loo.STATISTICS}))
