@@ -49,6 +49,11 @@ from dslo.head import (
 
 # fused λ recorded per image (1e6: the head alone, ties broken by log P); λ = 0 is plain upsampling
 LAMBDAS = (0.5, 1.0, 2.0, 4.0, 6.0, 12.0, 24.0, 64.0, 1e6)
+# λ proportional to the image's evidence margin m (median top-two log-odds): λ = κ·m. Both terms
+# of log P + κ·m·D̂ then scale alike when the logits are rescaled, so the fusion's balance between
+# evidence and head does not depend on the logits' scale (the head's NMS still does).
+KAPPAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+PARTS = ("base", "fixed", "kappa")  # baselines and paper head; fused at LAMBDAS; fused at κ·m
 DEFAULT_DIR = bench_cache_dir() / "readout"
 
 
@@ -110,20 +115,24 @@ def _jbu(maps: torch.Tensor, grid: tuple[int, int], image: np.ndarray, cfg: Head
 
 
 def record(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], cfg: HeadConfig,
-           modes: tuple[str, ...] = ("mv",)) -> dict:
+           modes: tuple[str, ...] = ("mv",), parts: tuple[str, ...] = PARTS) -> dict:
     """One image × evidence: ``{"stats", "conf"}``. ``conf`` holds sparse confusions
     (:func:`benchmarks.readout.select_readout.confusion`) of ``"bilinear"`` (plain upsampling,
     ``refine(mode="none")``), ``"jbu"`` (baseline (b)), ``(mode, "paper")`` (the paper's head,
     ``HeadConfig.paper()``) and ``(mode, tag, λ)`` (the fused readout at each λ of
-    :data:`LAMBDAS`, with (``"rec"``) or without (``"norec"``) recovery seeds). ``stats`` adds
-    ``head_agree``: the share of pixels where plain upsampling and the paper's head agree."""
+    :data:`LAMBDAS`, with (``"rec"``) or without (``"norec"``) recovery seeds) and
+    ``(mode, tag, "kappa", κ)`` (the fused readout at λ = κ·margin, :data:`KAPPAS`). ``stats`` adds
+    ``head_agree_<mode>``: the share of pixels where plain upsampling and the paper's head agree.
+    ``parts``: which of :data:`PARTS` to compute (the others are left out)."""
     K = L.shape[0]
     H, W = it.label.shape
     flat = resize_to_grid(L, grid).reshape(K, -1)
     out: dict = {"stats": statistics(L, flat, A, grid, cfg.nms_scale), "conf": {}}
     plain = F.interpolate(L[None], size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)
-    out["conf"]["bilinear"] = confusion(plain.numpy(), it.label, K)
-    out["conf"]["jbu"] = confusion(jbu_labels(L, grid, it.image, cfg).numpy(), it.label, K)
+    if "base" in parts:
+        out["conf"]["bilinear"] = confusion(plain.numpy(), it.label, K)
+        out["conf"]["jbu"] = confusion(jbu_labels(L, grid, it.image, cfg).numpy(), it.label, K)
+    margin = out["stats"]["margin"]
     log_post = evidence_posterior(L, cfg.nms_scale, log=True)
     seeds = {tag: seed_classes(flat, cfg.replace(recover_threshold=thr)) for tag, thr in RECOVERY.items()}
     for mode in modes:
@@ -137,7 +146,7 @@ def record(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], cf
             todo = [j for j in rows if j is not None]
             if todo:
                 D = discrepancy(a[todo], A, mode, cfg)
-                if tag == "norec":  # the paper's head: NMS seeds, label argmax_c JBU(D_c)
+                if tag == "norec" and "base" in parts:  # the paper's head: NMS seeds, label argmax_c JBU(D_c)
                     paper = kept[class_argmax(_jbu(D, grid, it.image, cfg))]
                     out["conf"][(mode, "paper")] = confusion(paper.numpy(), it.label, K)
                     out["stats"][f"head_agree_{mode}"] = float((paper == plain).float().mean())
@@ -148,8 +157,11 @@ def record(it: Item, L: torch.Tensor, A: torch.Tensor, grid: tuple[int, int], cf
             U1 = F.interpolate(log_post[cand][None], size=(H, W), mode="bilinear", align_corners=False)[0]
             U2 = torch.zeros_like(U1)
             U2[torch.searchsorted(cand, kept)] = torch.stack([maps[c][1] for c in kept.tolist()])
-            for lam in LAMBDAS:
-                out["conf"][(mode, tag, lam)] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
+            grid_lams = [((mode, tag, lam), lam) for lam in LAMBDAS] if "fixed" in parts else []
+            if "kappa" in parts and math.isfinite(margin):
+                grid_lams += [((mode, tag, "kappa", k), k * margin) for k in KAPPAS]
+            for key, lam in grid_lams:
+                out["conf"][key] = confusion(cand[fused_argmax(U1, U2, lam)].numpy(), it.label, K)
     return out
 
 
@@ -173,6 +185,14 @@ def load_records(root: Path, datasets: list[str] | None = None) -> dict:
     return out
 
 
+def _holds(r: dict, modes: list[str], parts: list[str]) -> bool:
+    """Whether record ``r`` already holds ``parts`` of every mode in ``modes``."""
+    want = {"base": lambda m: (m, "paper"), "fixed": lambda m: (m, "rec", LAMBDAS[-1]),
+            "kappa": lambda m: (m, "rec", "kappa", KAPPAS[-1])}
+    return all(want[p](m) in r["conf"] for m in modes for p in parts) or (
+        "kappa" in parts and not math.isfinite(r["stats"].get("margin", 0.0)))
+
+
 def _wait(cache: AttentionCache, image: np.ndarray) -> None:
     while not (cache.path(image).is_file() and cache.path(image, features=True).is_file()):
         time.sleep(10)
@@ -189,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", type=str, default="0/1", help="K/N: this process does images i with i %% N == K")
     ap.add_argument("--wait", action="store_true", help="wait for another process to cache each image's attention")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+                    help="what to compute (records already holding it are skipped)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     part, parts = (int(x) for x in args.part.split("/"))
@@ -212,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in mine:
                 path = record_path(args.out, ds, i)
                 have = pickle.loads(path.read_bytes()) if path.is_file() else {}
-                todo = [fs for fs in group
-                        if fs not in have or any((m, "paper") not in have[fs]["conf"] for m in args.modes)]
+                todo = [fs for fs in group if fs not in have or not _holds(have[fs], args.modes, args.parts)]
                 if not todo:
                     continue
                 it = load_item(dset, i)
@@ -223,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 for fs in todo:
                     L = fams.evidence(it, *fs)
                     old = have.get(fs)
-                    rec = record(it, L, A, grid, cfg, tuple(args.modes))
+                    rec = record(it, L, A, grid, cfg, tuple(args.modes), tuple(args.parts))
                     if old is not None:  # a record of other modes: keep what it holds
                         rec["conf"] = {**old["conf"], **rec["conf"]}
                         rec["stats"] = {**old["stats"], **rec["stats"]}
