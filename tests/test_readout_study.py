@@ -177,7 +177,7 @@ def _toy_cells(seed: int = 0, n: int = 6, K: int = 3) -> list:
     rng = np.random.default_rng(seed)
     cells = []
     for fam, s in (("synthetic", "easy"), ("synthetic", "hard"), ("probe", "probe")):
-        parts = {v: [] for v in [loo.PLAIN, "jbu", loo.PAPER, *loo.FUSED]}
+        parts = {v: [] for v in [loo.PLAIN, "jbu", loo.PAPER, *loo.FUSED, *loo.KAPPA]}
         stats = []
         for _ in range(n):
             x = rng.uniform(0, 1)
@@ -190,8 +190,8 @@ def _toy_cells(seed: int = 0, n: int = 6, K: int = 3) -> list:
             parts[loo.PLAIN].append(noisy(0.5 - 0.4 * x))
             parts["jbu"].append(noisy(0.45 - 0.3 * x))
             parts[loo.PAPER].append(noisy(0.3))
-            for v in loo.FUSED:
-                parts[v].append(noisy(0.35 - 0.2 * x + 0.01 * np.log1p(min(v[1], 100))))
+            for v in loo.FUSED + loo.KAPPA:
+                parts[v].append(noisy(0.35 - 0.2 * x + 0.01 * np.log1p(min(v[-1], 100))))
             stats.append(x)
         cells.append(loo.Cell(fam, s, "toy", np.arange(n), {v: np.stack(p) for v, p in parts.items()},
                               {name: np.array(stats) for name in loo.STATISTICS}))
@@ -206,17 +206,17 @@ def _naive(rule: loo.Rule, cells) -> tuple[float, float]:
 @pytest.mark.parametrize("steps", [2, 3])
 def test_fit_finds_the_best_rule_of_a_naive_loop(steps):
     cells = _toy_cells()
-    design = loo.Design("t", "gap_ratio", steps, [loo.PAPER] + loo.FUSED[:: 6])
+    design = loo.Design("t", "gap_ratio", steps, [loo.PAPER] + loo.FUSED[:: 6] + loo.KAPPA[:: 7])
     rule = loo.fit(design, cells)
     worst, mean = _naive(rule, cells)
-    ths = loo._thresholds(cells, "gap_ratio", 0.025 if steps == 2 else 0.04)
+    ths = loo._thresholds(cells, "gap_ratio", 0.025 if steps == 2 else 0.05)
     import itertools
 
-    best = max((min(w, 0.0) * 1e3 + m for w, m in (
+    best = max((float(loo._rank(np.array(w), np.array(m))) for w, m in (
         _naive(loo.Rule("gap_ratio", th, (loo.PLAIN, *vs)), cells)
         for th in itertools.combinations(ths, steps - 1)
         for vs in itertools.product(design.options, repeat=steps - 1))))
-    assert min(worst, 0.0) * 1e3 + mean == pytest.approx(best, abs=1e-9)
+    assert float(loo._rank(np.array(worst), np.array(mean))) == pytest.approx(best, abs=1e-9)
 
 
 def test_leave_one_out_never_fits_on_the_held_out_family():

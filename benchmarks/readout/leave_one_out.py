@@ -6,12 +6,15 @@ COCO-Object subset × every family × strength of ``benchmarks.readout.families`
 paper's head or the fused readout at some λ. For every design and every family F, the design's
 parameters are fit on the other families (even-index images) and the fitted rule is reported on F
 (its even and odd images, and all of them). The shipped design is the one whose worst held-out
-family is best; its parameters are then fit on every family's even half.
+family is best among the designs whose decisions do not flip when the logits are rescaled (the
+``affine`` family against the ``synthetic`` one, same images); its parameters are then fit on every
+family's even half.
 
-Per cell (family, strength, data set) the target is ``max(bilinear, + JBU, paper M.V.)`` of that
+Per cell (family, strength, data set) the target is ``max(bilinear, + JBU, paper head)`` of that
 cell; a rule's margin is its mIoU minus the target (the issue's goal: ≥ −0.3 in every held-out cell,
-and a mean over the held-out cells ≥ paper M.V. + 0.2). Fitting maximises the worst training-cell
-margin (with the clean cell's thin classes at least bilinear's), then the mean mIoU.
+and a mean over the held-out cells ≥ paper M.V. + 0.2). Fitting: the rules whose every training
+cell (and the clean cell's thin classes against bilinear's) is within 0.3 of its target rank by
+their mean mIoU, the others by their worst cell.
 
     python -m benchmarks.readout.leave_one_out                  # every design, tables to stdout
     python -m benchmarks.readout.leave_one_out --md benchmarks/results/readout_leave_one_out.md
@@ -30,11 +33,14 @@ import numpy as np
 
 from benchmarks.common import atomic_write_text, markdown_table
 from benchmarks.readout.families import CLEAN, FAMILIES, strengths
-from benchmarks.readout.records import DEFAULT_DIR, LAMBDAS, load_records
+from benchmarks.readout.records import DEFAULT_DIR, KAPPAS, LAMBDAS, load_records
 from benchmarks.readout.select_readout import dense
 
 PLAIN, PAPER = "bilinear", "paper"  # variants of a cell (the head's mode is the cells')
 FUSED = [(tag, lam) for tag in ("norec", "rec") for lam in LAMBDAS]  # the fused readout: recovery seeds, λ
+KAPPA = [(tag, "kappa", k) for tag in ("norec", "rec") for k in KAPPAS]  # ... at λ = κ·margin
+TOLERANCE = 0.3  # the goal: every cell within 0.3 mIoU of max(bilinear, + JBU, paper)
+FLIP_LIMIT = 0.01  # share of images whose step may change under the affine family's rescaling
 # the rule before issue 26 (chosen on the synthetic family and the probe): (thresholds, variants per step)
 PREVIOUS = {"mv": ((2.14, 2.86), (PLAIN, ("norec", 6.0), ("rec", 24.0))),
             "op": ((2.14, 2.86), (PLAIN, ("norec", 4.0), ("rec", 12.0)))}
@@ -105,7 +111,7 @@ def build_cells(rec: dict, mode: str = "mv") -> list[Cell]:
             if not keys:
                 continue
             src = {PLAIN: PLAIN, "jbu": "jbu", PAPER: (mode, "paper")}
-            src.update({v: (mode, *v) for v in FUSED if all((mode, *v) in rec[k]["conf"] for k in keys)})
+            src.update({v: (mode, *v) for v in FUSED + KAPPA if all((mode, *v) in rec[k]["conf"] for k in keys)})
             parts = {v: np.stack([_parts(rec[k]["conf"][key]) for k in keys]) for v, key in src.items()}
             stats = {n: np.array([rec[k]["stats"].get(n, np.nan) for k in keys], dtype=float)
                      for n in STATISTICS + (f"head_agree_{mode}",)}
@@ -137,7 +143,10 @@ class Rule:
 
     def describe(self) -> str:
         def name(v):
-            return "plain" if v == PLAIN else "paper" if v == PAPER else f"fused λ={v[1]:g}{' +rec' if v[0] == 'rec' else ''}"
+            if v in (PLAIN, PAPER):
+                return "plain" if v == PLAIN else "paper"
+            lam = f"λ={v[2]:g}·margin" if len(v) == 3 else f"λ={v[1]:g}"
+            return f"fused {lam}{' +rec' if v[0] == 'rec' else ''}"
         if not self.thresholds:
             return name(self.variants[0])
         edges = [f"≥ {self.thresholds[-1]:.3g}"] + [f"[{a:.3g}, {b:.3g})" for a, b in
@@ -159,17 +168,18 @@ class Design:
 
 
 def designs(mode: str = "mv") -> list[Design]:
-    fused = list(FUSED)
     th, variants = PREVIOUS[mode]
     out = [Design("the paper's head", None, 1, fixed=Rule(None, (), (PAPER,))),
            Design("plain upsampling", None, 1, fixed=Rule(None, (), (PLAIN,))),
            Design(f"previous default (margin {th[0]} / {th[1]}, λ {variants[1][1]:g} / {variants[2][1]:g})", "margin", 3,
-                  fixed=Rule("margin", th, variants))]
-    out.append(Design("one readout for every image (plain, paper or fused)", None, 1, [PLAIN, PAPER] + fused))
+                  fixed=Rule("margin", th, variants)),
+           Design("one readout for every image", None, 1, [PLAIN, PAPER] + FUSED + KAPPA)]
     for stat in STATISTICS:
         out.append(Design(f"guard on {stat} → paper", stat, 2, [PAPER]))
-        out.append(Design(f"guard on {stat} → paper or fused", stat, 2, [PAPER] + fused))
-        out.append(Design(f"3 steps on {stat}", stat, 3, [PAPER] + fused))
+        out.append(Design(f"guard on {stat} → fixed λ", stat, 2, [PAPER] + FUSED))
+        out.append(Design(f"guard on {stat} → λ ∝ margin", stat, 2, [PAPER] + KAPPA))
+        out.append(Design(f"3 steps on {stat}, fixed λ", stat, 3, [PAPER] + FUSED))
+        out.append(Design(f"3 steps on {stat}, λ ∝ margin", stat, 3, [PAPER] + KAPPA))
     return out
 
 
@@ -180,12 +190,14 @@ def _thresholds(cells: Sequence[Cell], stat: str, q: float = 0.025) -> list[floa
 
 
 def _rank(worst: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    return np.minimum(worst, 0.0) * 1e3 + mean
+    """Rules whose every training cell is within :data:`TOLERANCE` of its target rank by their mean
+    mIoU; the others below them, by their worst cell."""
+    return np.minimum(worst + TOLERANCE, 0.0) * 1e3 + mean
 
 
 def fit(design: Design, cells: Sequence[Cell]) -> Rule:
-    """The design's rule with the best worst training-cell margin (thin classes of the clean cell
-    included), then the best mean mIoU. Vectorised over the variants of the noisy steps; each rule
+    """The design's best rule on ``cells`` by :func:`_rank` (worst training-cell margin, thin classes
+    of the clean cell included, within :data:`TOLERANCE`; then the mean mIoU). Vectorised over the variants of the noisy steps; each rule
     is scored exactly (a rule's confusion is the sum of the images' it picks)."""
     if design.fixed is not None:
         return design.fixed
@@ -209,7 +221,7 @@ def fit(design: Design, cells: Sequence[Cell]) -> Rule:
         cum = {v: np.concatenate([np.zeros((1, *c.parts[v].shape[1:])), np.cumsum(c.parts[v][o], 0)])
                for v in [PLAIN] + opts}
         prep.append((x, cum, c.thin()))
-    ths = _thresholds(cells, design.statistic, 0.025 if design.steps == 2 else 0.04)
+    ths = _thresholds(cells, design.statistic, 0.025 if design.steps == 2 else 0.05)
     best, best_rule = -np.inf, None
     O = np.stack  # options along axis 0
     for th in itertools.combinations(ths, design.steps - 1):
@@ -339,6 +351,8 @@ def report(rec: dict, cells: list[Cell], which: Sequence[str] | None = None, mod
               f"mean vs paper {s_all['mean_vs_paper']:+.2f}", file=sys.stderr, flush=True)
     order = sorted(results, key=lambda n: (results[n]["all"]["worst_family"], results[n]["all"]["mean_vs_paper"]),
                    reverse=True)
+    # a rule whose decisions flip under a rescaling of the logits reads the scale, not the evidence
+    transferable = [n for n in order if results[n]["flips"] <= FLIP_LIMIT]
     head = ["design", "worst held-out family", *(f"held out: {f}" for f in FAMILIES), "mean vs paper head",
             "worst vs (a), (b)", "odd half: worst family", "steps flipped by (c)"]
     rows = [[n, r["all"]["worst_family"], *(r["all"]["per_family"].get(f, np.nan) for f in FAMILIES),
@@ -348,8 +362,10 @@ def report(rec: dict, cells: list[Cell], which: Sequence[str] | None = None, mod
               "cell margin over max(bilinear, + JBU, the paper's head) of each held-out family, all images of it "
               "(mIoU points)", "",
               markdown_table(head, rows, fmt="{:+.2f}"), ""]
-    best = order[0]
-    lines += [f"Shipped design: **{best}**; fit on every family's even images: `{results[best]['final'].describe()}`", ""]
+    best = transferable[0] if transferable else order[0]
+    lines += [f"Shipped design (the best worst held-out family among the designs flipping ≤ {100 * FLIP_LIMIT:g} % "
+              f"of the steps under (c)): **{best}**; fit on every family's even images: "
+              f"`{results[best]['final'].describe()}`", ""]
     for fam, r in results[best]["loo"].items():
         lines.append(f"- held out {fam}: `{r['rule'].describe()}`")
     prev = next((n for n in results if n.startswith("previous")), None)
