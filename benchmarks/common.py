@@ -118,7 +118,7 @@ class AttentionCache:
         self.name, self.settings, self.device = name, dict(settings or {}), device
         self.enabled = enabled
         tag = json.dumps({"name": name, "settings": self.settings, "code": _code_digest(name)}, sort_keys=True,
-                         default=str)
+                         default=json_default)
         self.tag = hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
         self.dir = (root or bench_cache_dir()) / f"{name}-{self.tag}"
         self._model = None

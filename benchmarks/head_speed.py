@@ -134,11 +134,11 @@ def bench(n_side: int, K: int, device: torch.device, repeat: int, step_classes: 
     row["batch speed-up O.P."] = loop_op / row["O.P."]
     row["batch speed-up M.V."] = loop_mv / row["M.V."]
     for mode in ("mv", "op"):
-        row[f"refine {mode} 448²"] = time_ms(lambda: refine(L, A, img448, mode=mode), device, repeat)
+        row[f"refine {mode} 448²"] = time_ms(lambda mode=mode: refine(L, A, img448, mode=mode), device, repeat)
         # the paper's head (readout argmax of the discrepancy alone, NMS seeds without recovery):
         # the default before the fused readout, so the ratio is issue 12's head-time goal
         row[f"paper readout {mode} 448²"] = time_ms(
-            lambda: refine(L, A, img448, mode=mode, fusion="none", recover_threshold=None), device, repeat)
+            lambda mode=mode: refine(L, A, img448, mode=mode, fusion="none", recover_threshold=None), device, repeat)
         row[f"lambda {mode}"] = refine(L, A, img448, mode=mode).weight
         with peak_memory(device) as mem:
             refine(L, A, img448, mode=mode)

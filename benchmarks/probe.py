@@ -25,6 +25,8 @@ from benchmarks.evidence import EvidenceConfig, logits_grid, patch_fractions
 
 __all__ = ["ProbeConfig", "fit_probe", "LinearProbeEvidence"]
 
+DEFAULT_EVIDENCE = EvidenceConfig()  # its cosine range (0.15, 0.30) maps the probabilities
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -78,7 +80,7 @@ class LinearProbeEvidence:
     of the other index parity (those in ``pool``)."""
 
     def __init__(self, n_images: int, num_classes: int, features: Callable, label: Callable,
-                 cfg: ProbeConfig = ProbeConfig(), evidence: EvidenceConfig = EvidenceConfig(),
+                 cfg: ProbeConfig = ProbeConfig(), evidence: EvidenceConfig = DEFAULT_EVIDENCE,
                  pool: Sequence[int] | None = None) -> None:
         self.n, self.K, self._features, self._label = n_images, num_classes, features, label
         # the images a fold may be fit on (default all; a subset run fits on its own images only)

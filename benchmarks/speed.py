@@ -231,7 +231,7 @@ def measure_preset(preset: str, device: torch.device, repeat: int, image_path: P
     for b in batch_sizes:
         try:
             batch_pipeline(b)  # warm-up at this size
-            per_batch[b] = best_of(lambda: batch_pipeline(b), device, repeat)[1] / b
+            per_batch[b] = best_of(lambda b=b: batch_pipeline(b), device, repeat)[1] / b
         except torch.OutOfMemoryError:
             break
     best_b = min(per_batch, key=per_batch.get) if per_batch else 1

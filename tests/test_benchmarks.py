@@ -303,7 +303,7 @@ def _toy_records(seed: int = 0, per_cell: int = 5, K: int = 3) -> dict:
             label = rng.integers(0, K, size=(6, 6))
             slope = rng.normal(0.0, 0.02)  # per λ unit: flip probability change
 
-            def noisy(p):
+            def noisy(p, label=label):
                 flip = rng.random(label.shape) < np.clip(p, 0.0, 1.0)
                 return np.where(flip, (label + 1) % K, label)
 

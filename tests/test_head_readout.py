@@ -387,3 +387,17 @@ def test_readout_settings_as_the_command_line_gives_them():
         parse_setting("fusion_recover=1,maybe,0")
     with pytest.raises(SettingsError, match="tuple of numbers"):
         HeadConfig(**dict([parse_setting("fusion_levels=0,four,16")]))
+
+
+def test_an_infinite_level_is_the_papers_readout_in_that_step():
+    L, A = logits(4, 5, 6, seed=11), row_stochastic(30, seed=11)
+    img = np.random.default_rng(2).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    for mode in RULE_MODES:
+        # every image in the noisiest step (thresholds above its margin), which reads out as the paper
+        r = refine(L, A, img, mode=mode, fusion_thresholds=(50.0, 60.0), fusion_levels=(0.0, 4.0, math.inf),
+                   fusion_recover=(True, True, False))
+        paper = refine(L, A, img, mode=mode, config=HeadConfig.paper())
+        assert r.weight == math.inf
+        assert torch.equal(r.labels, paper.labels) and torch.equal(r.scores, paper.scores)
+    with pytest.raises(SettingsError, match="tuple of numbers"):
+        HeadConfig(fusion_thresholds=(1.0, math.inf))  # ∞ is a level, not a threshold

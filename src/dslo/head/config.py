@@ -97,9 +97,10 @@ class HeadConfig:
             v = getattr(self, name)
             if v is None:
                 continue
-            if _is_number(v):
+            ok = _is_level if name == "fusion_levels" else _is_number  # a level may be ∞: the paper's readout
+            if ok(v):
                 v = (v,)
-            if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(_is_number(x) for x in v):
+            if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(ok(x) for x in v):
                 raise SettingsError(f"{name} must be a tuple of numbers such as (2.1, 2.9), got {v!r}")
             object.__setattr__(self, name, tuple(float(x) for x in v))
         v = self.fusion_recover
@@ -170,6 +171,10 @@ class HeadConfig:
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_level(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isfinite(v) or v == math.inf)
 
 
 def _number(name: str, value: object, *, low: float, high: float | None = None, what: str) -> None:

@@ -37,8 +37,8 @@ class FusionRule:
 
     ``thresholds`` ascend; an image whose margin is below ``j`` of them is in step ``j`` (0: the
     cleanest) and gets λ = ``levels[j]`` (``levels[0] = 0``: clean evidence decides alone, plain
-    upsampling); ``recover[j]``: whether the recovery seeds (``recover_threshold``) are used in step
-    ``j``. Each mode of :data:`dslo.head.MODE_TABLE` carries its own (``Mode.fusion_rule``)."""
+    upsampling; ``math.inf``: the head alone, the paper's readout); ``recover[j]``: whether the
+    recovery seeds (``recover_threshold``) are used in step ``j``. Each mode of :data:`dslo.head.MODE_TABLE` carries its own (``Mode.fusion_rule``)."""
 
     thresholds: tuple[float, ...]
     levels: tuple[float, ...]

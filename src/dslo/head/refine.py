@@ -174,18 +174,21 @@ def read_out(logits: torch.Tensor, flat: torch.Tensor, maps: torch.Tensor | None
             log-posterior from there, as plain upsampling does).
         flat: ``(K, N)`` the evidence on the head's grid ``grid``.
         maps: ``(K', N)`` discrepancy maps of the classes ``kept (K',)``; unused (may be None)
-            when the fused readout's λ is 0.
+            when the fused readout's λ is 0. λ = ∞ (a rule's level) is the paper's readout,
+            ``argmax_c JBU(D_c)`` over the kept classes, as with ``fusion="none"``.
         image: ``(H, W, 3)`` float guide (:func:`dslo.head.guide_image`).
         mode: the discrepancy that made ``maps`` (picks the default λ rule).
         weight: λ when already computed (:func:`image_fusion_weight`); None: computed here.
     Returns: :class:`RefineResult`.
     """
-    if cfg.fusion == "none":
+    lam = None
+    if cfg.fusion != "none":
+        lam = image_fusion_weight(flat, cfg, mode) if weight is None else weight
+        if lam is None:
+            raise ValueError(f"mode {mode!r} has no fusion rule: pass weight= or use fusion='none'")
+    if lam is None or math.isinf(lam):  # the paper's readout (λ = ∞: the head's maps alone decide)
         scores = upsample_maps(maps.reshape(len(kept), *grid), image, cfg)
-        return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid))
-    lam = image_fusion_weight(flat, cfg, mode) if weight is None else weight
-    if lam is None:
-        raise ValueError(f"mode {mode!r} has no fusion rule: pass weight= or use fusion='none'")
+        return RefineResult(kept[class_argmax(scores)], scores, kept, tuple(grid), lam)
     log_post = evidence_posterior(as_float(logits, "logits").to(flat), cfg.nms_scale, log=True)
     if lam == 0:
         # Clean evidence decides alone: every class competes, as in plain upsampling, whose labels
