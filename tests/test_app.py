@@ -267,3 +267,11 @@ def test_a_theta_mode_or_class_change_runs_no_model_pass(service, picture):
         assert out.ok, out.message
     assert service.model_passes == passes
     assert first.ok
+
+
+def test_the_mode_flag_is_the_pages_starting_mode_and_only_the_pages_modes(capsys):
+    pytest.importorskip("gradio")
+    from dslo.cli import main
+
+    assert main(["app", "--model", "offline", "--mode", "none"]) == 1  # refused before any model loads
+    assert "--mode none: the page offers mv, op" in capsys.readouterr().err

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "dslo"
 
 
@@ -129,3 +131,31 @@ def test_the_engines_and_front_ends_share_one_request_and_one_step():
     for m in ("dslo.engines.local", "dslo.engines.ray.driver", "dslo.app.service", "dslo.cli.segment"):
         assert "dslo.request" in graph[m], m
     assert "dslo.inputs" in graph["dslo.cli.segment"] and "dslo.inputs" in graph["dslo.engines.plan"]
+
+
+MODEL_FLAGS = ("--model", "--logits", "--attention", "--dtype", "--logits-option", "--mode", "--set",
+               "--attention-option", "--device", "--max-side", "--accel")
+
+
+@pytest.mark.parametrize("command", ["segment", "eval", "app", "check-accel", "label-studio"])
+def test_every_command_that_runs_the_models_reads_the_same_model_flags(command):
+    """One definition of the model flags (``dslo.cli._args.add_model_args``), read back by one
+    ``model_choice``: a command that runs the models accepts all of them, with the same meaning."""
+    import argparse
+
+    from dslo.cli import build_parser
+    from dslo.cli._args import model_choice
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.choices[command]
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert set(MODEL_FLAGS) <= flags, sorted(set(MODEL_FLAGS) - flags)
+    known = {"segment": ["x.png", "--classes", "a, b", "-o", "out"], "check-accel": ["x.png", "--classes", "a, b"],
+             "eval": ["--dataset", "camvid", "--data-root", "d"]}.get(command, [])
+    args = p.parse_args(known + ["--model", "offline", "--logits", "L", "--set", "nms_threshold=0.6",
+                                 "--logits-option", "short_side=224", "--attention-option", "short_side=336",
+                                 "--device", "cpu", "--max-side", "0", "--accel", "int8", "--mode", "op"])
+    m = model_choice(args)
+    assert (m.preset, m.logits, m.mode, m.device, m.max_side, m.accel) == ("offline", "L", "op", "cpu", None, "int8")
+    assert m.settings == {"nms_threshold": 0.6} and m.logits_options == {"short_side": 224}
+    assert m.attention_options == {"short_side": 336}

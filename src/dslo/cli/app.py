@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dslo.cli._args import add_accel_arg, max_side_arg, parse_setting
+from dslo.cli._args import add_model_args, model_choice
 
 
 def register(subparsers) -> None:
@@ -23,29 +23,13 @@ def register(subparsers) -> None:
                     "table, the mask and JSON of `dslo segment`, and the head's steps. Local only by "
                     "default; on a server use --host 0.0.0.0 behind a proxy (no share links).",
     )
-    p.add_argument("--model", default="default", metavar="PRESET",
-                   help="preset: default, offline, paper-mv, ... (`dslo models` lists them)")
-    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
-    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
-    add_accel_arg(p)
+    add_model_args(p, help={"mode": "head mode at start (default: the preset's; the page can change it)"})
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
                                                        "this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
-                   help="downscale larger images to this side for the models; masks stay at full "
-                        "size (default 1024; 0 = never)")
     p.add_argument("--examples", type=Path, metavar="DIR", help="offer the images of DIR as examples")
     p.add_argument("--max-file-size", default="50mb", metavar="SIZE",
                    help="largest upload accepted (default 50mb)")
-    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set delta=0.3")
-    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE", help="a setting of the logits model (repeatable)")
-    p.add_argument("--attention-option", dest="attention_options", action="append",
-                   type=parse_setting, default=[], metavar="KEY=VALUE",
-                   help="a setting of the attention model (repeatable), e.g. short_side=336")
     p.set_defaults(func=run)
 
 
@@ -77,14 +61,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--examples {args.examples}: no images in this folder")
 
     from dslo.app.page import build_page
-    from dslo.app.service import AppService
+    from dslo.app.service import MODES, AppService
 
-    from dslo.cli.segment import model_choice
-
-    models = model_choice(args, mode=None)
+    if args.mode is not None and args.mode not in MODES:
+        raise ValueError(f"--mode {args.mode}: the page offers {', '.join(MODES)}")
+    models = model_choice(args, mode=None)  # the page chooses the mode of each request
     models.head_settings()  # a bad --set or model option fails now, not after the models load
     service = AppService(models)
-    page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5))
+    page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5),
+                      mode=args.mode or "mv")
     page.queue(default_concurrency_limit=1)
     print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,
           flush=True)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import ACCEL_HELP, accel_arg, max_side_arg, mode_arg, parse_setting, positive_int
+from dslo.cli._args import add_model_args, positive_int
 
 
 def register(subparsers) -> None:
@@ -36,22 +36,10 @@ def register(subparsers) -> None:
     from dslo.cli.segment import add_class_args
 
     add_class_args(p)
-    p.add_argument("--model", default="default", metavar="PRESET",
-                   help="preset: default, offline, ... (`dslo models` lists them)")
-    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
-    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--mode", type=mode_arg, metavar="MODE", help="head mode (default: the preset's)")
-    p.add_argument("--accel", type=accel_arg, default="int8", metavar="int8",
-                   help="what to compare with float32 (default int8): " + ACCEL_HELP)
-    p.add_argument("--device", default="cpu", help="cpu (default; int8 runs on the CPU only)")
-    p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
-                   help="downscale larger images to this side for the models (default 1024; 0 = never)")
-    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable)")
-    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE", help="a setting of the logits model (repeatable)")
-    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE", help="a setting of the attention model (repeatable)")
+    add_model_args(p, device="cpu", accel="int8", help={
+        "accel": "what to compare with float32 (default int8): int8, the image towers' linear layers in "
+                 "dynamic int8 on the CPU (text tower float)",
+        "device": "cpu (default; int8 runs on the CPU only)"})
     p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-image rows and the summary")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no per-image lines")
@@ -133,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from dslo.cli._args import quiet_libraries
-    from dslo.cli.segment import model_choice, read_class_args
+    from dslo.cli._args import model_choice
+    from dslo.cli.segment import read_class_args
     from dslo.inputs import discover
     from dslo.outputs import atomic_write_text
 

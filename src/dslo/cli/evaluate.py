@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dslo.cli._args import MODE_HELP, add_accel_arg, max_side_arg, mode_arg, parse_setting
+from dslo.cli._args import add_model_args
+
 
 
 def _positive_float(text: str) -> float:
@@ -39,24 +40,17 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="split (default: val; CamVid: test)")
     p.add_argument("--output", "-o", type=Path, metavar="DIR",
                    help="output folder (default runs/PRESET, or runs/PRESET-DATASET for one benchmark)")
-    p.add_argument("--model", default="default", metavar="PRESET",
-                   help="segmenter preset (default, offline, paper-mv, paper-op, ...; `dslo models`)")
-    p.add_argument("--logits", metavar="NAME|DIR",
-                   help="logits model (CLIP) replacing the preset's; naclip-b16, sclip-b16, clearclip-b16, "
-                        "maskclip-b16, proxyclip-b16 run another method (docs/methods.md)")
-    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--mode", type=mode_arg, metavar="MODE", help=MODE_HELP)
-    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6; "
-                                             "--set post=pamr adds PAMR after the head (or after the logits "
-                                             "with --mode none)")
-    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE",
-                   help="a logits-model setting (repeatable), e.g. --logits-option method=naclip, "
-                        "--logits-option pos_interp=peer")
-    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE",
-                   help="an attention-model setting (repeatable), e.g. --attention-option resolution=768")
+    add_model_args(p, max_side=None, help={
+        "logits": "logits model (CLIP) replacing the preset's; naclip-b16, sclip-b16, clearclip-b16, "
+                  "maskclip-b16, proxyclip-b16 run another method (docs/methods.md)",
+        "set": "a head setting (repeatable), e.g. --set nms_threshold=0.6; --set post=pamr adds PAMR "
+               "after the head (or after the logits with --mode none)",
+        "logits-option": "a logits-model setting (repeatable), e.g. --logits-option method=naclip, "
+                         "--logits-option pos_interp=peer",
+        "attention-option": "an attention-model setting (repeatable), e.g. --attention-option resolution=768",
+        "max-side": "downscale larger images to this side for the models (default: the benchmark's, "
+                    "1024; Cityscapes 1120; 0 = never)",
+        "device": "auto (under torchrun: cuda:LOCAL_RANK), cpu, cuda, cuda:N, mps"})
     p.add_argument("--class-file", "--classes-file", dest="class_file", metavar="FILE",
                    help="class names replacing the shipped file")
     p.add_argument("--background-threshold", type=_positive_float, metavar="P",
@@ -65,14 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--short-side", type=int, metavar="N",
                    help="CLIP input short side (default: the method's published one for a peer method, "
                         "else the benchmark's, 336; Cityscapes 560)")
-    p.add_argument("--max-side", type=max_side_arg, default=None, metavar="N",
-                   help="downscale larger images to this side for the models (default: the "
-                        "benchmark's, 1024; Cityscapes 1120; 0 = never)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (smoke tests)")
-    p.add_argument("--device", default="auto",
-                   help="auto (under torchrun: cuda:LOCAL_RANK), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
-    add_accel_arg(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     from dslo.cli.segment import add_speed_args
 
@@ -129,7 +116,7 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
         # cache) within a `--dataset all` run: models load once, not eight times.
         key = (resize["logits_short_side"], resize["max_side"])
         if key not in _SEGMENTERS:
-            from dslo.cli.segment import model_choice
+            from dslo.cli._args import model_choice
 
             options = dict(args.logits_options)
             if "short_side" in options:
@@ -161,7 +148,7 @@ def evaluate_one(args: argparse.Namespace, name: str, data_root: Path, out_dir: 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    from dslo.cli.segment import model_choice
+    from dslo.cli._args import model_choice
 
     model_choice(args, max_side=None).head_settings()  # every setting checked before any model loads
     if args.quiet:

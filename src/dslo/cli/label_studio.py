@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from dslo.cli._args import add_accel_arg, max_side_arg, mode_arg, parse_setting, positive_int
+from dslo.cli._args import add_model_args, positive_int
 
 
 def _positive(text: str) -> float:
@@ -37,22 +37,7 @@ def register(subparsers) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; set BASIC_AUTH_USER "
                         "and BASIC_AUTH_PASS before listening on other interfaces)")
     p.add_argument("--port", type=int, default=9090, help="port (default 9090)")
-    p.add_argument("--model", default="default", metavar="PRESET",
-                   help="preset: default, offline, paper-mv, ... (`dslo models` lists them)")
-    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
-    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--mode", type=mode_arg, metavar="MODE", help="head mode (default: the preset's)")
-    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[], metavar="KEY=VALUE",
-                   help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
-    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a setting of the logits model (repeatable)")
-    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE", help="a setting of the attention model (repeatable)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
-    p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
-                   help="downscale larger images to this side for the models (default 1024; 0 = never)")
-    add_accel_arg(p)
+    add_model_args(p)
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default), stuff, or a probability threshold such as 0.5: pixels of the "
                         "background are left unlabelled")
@@ -91,7 +76,7 @@ def _is_loopback(host: str) -> bool:
 
 def settings_from_args(args: argparse.Namespace):
     from dslo.classes import parse_background
-    from dslo.cli.segment import model_choice
+    from dslo.cli._args import model_choice
     from dslo.servers.label_studio import BackendSettings, FetchLimits, ImagePolicy
 
     if args.background_words and str(args.background).strip().lower() != "stuff":

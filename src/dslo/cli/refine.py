@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dslo.cli.segment import add_class_args, add_common_args, model_choice, read_class_args
+from dslo.cli._args import add_model_args, model_choice
+from dslo.cli.segment import add_class_args, add_output_args, read_class_args
 
 
 def load_logits(path: str | Path):
@@ -89,7 +90,8 @@ def register(subparsers) -> None:
                    help="attention model (default dinov2-reg-b14; focus-s14 runs offline)")
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default) or a probability threshold on softmax(40 * logits), e.g. 0.5")
-    add_common_args(p, mode_default="mv")
+    add_model_args(p, models=False, mode_default="mv")
+    add_output_args(p)
     p.set_defaults(func=run, mode="mv")
 
 

@@ -20,15 +20,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dslo.cli._args import MODE_HELP, add_accel_arg, max_side_arg, mode_arg, parse_setting, positive_int
+from dslo.cli._args import add_model_args, model_choice, positive_int
 from dslo.engines import ENGINES
-from dslo.imageio import DEFAULT_MAX_SIDE
 from dslo.outputs import OUTPUT_KINDS
 from dslo.remote import location
 from dslo.request import DEFAULT_SAVE
 
 if TYPE_CHECKING:
-    from dslo.request import ModelChoice, SegmentRequest
+    from dslo.request import SegmentRequest
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,24 +60,13 @@ def read_class_args(args: argparse.Namespace) -> list[list[str]]:
     return parse_class_string(args.classes)
 
 
-def add_common_args(p: argparse.ArgumentParser, mode_default: str = "the preset's") -> None:
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--output --save --overwrite --quiet`` (shared by ``dslo segment`` and ``dslo refine``)."""
     p.add_argument("--output", "-o", required=True, metavar="DIR", type=location,
                    help="output folder (or a URI such as s3://bucket/out/)")
     p.add_argument("--save", type=parse_save, default=list(DEFAULT_SAVE), metavar="KINDS",
                    help=f"outputs to write, comma-separated from {','.join(OUTPUT_KINDS)} "
                         f"(default {','.join(DEFAULT_SAVE)})")
-    p.add_argument("--mode", type=mode_arg, metavar="MODE",
-                   help=MODE_HELP.replace("the preset's", mode_default))
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--max-side", type=max_side_arg, default=1024, metavar="N",
-                   help="downscale larger images to this side for the models; masks stay at full "
-                        "size (default 1024; 0 = never)")
-    p.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
-                   metavar="KEY=VALUE", help="a head setting (repeatable), e.g. --set nms_threshold=0.6")
-    p.add_argument("--attention-option", dest="attention_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE",
-                   help="a setting of the attention model (repeatable), e.g. short_side=336")
-    add_accel_arg(p)
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -95,22 +83,6 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
 def apply_text_cache_flag(args: argparse.Namespace) -> None:
     if getattr(args, "no_text_cache", False):
         os.environ["DSLO_TEXT_CACHE"] = "0"  # read by dslo.models.text_cache (and inherited by workers)
-
-
-def model_choice(args: argparse.Namespace, **changes) -> ModelChoice:
-    """The models a command's flags ask for (``--model``, ``--logits``, ``--attention``,
-    ``--mode``, ``--set``, the model options, ``--device``, ``--dtype``, ``--max-side``, ``--accel``)."""
-    from dslo.request import ModelChoice
-
-    fields = dict(
-        preset=getattr(args, "model", "default"), logits=getattr(args, "logits", None),
-        attention=getattr(args, "attention", None), mode=getattr(args, "mode", None),
-        settings=dict(args.settings), logits_options=dict(getattr(args, "logits_options", None) or []),
-        attention_options=dict(getattr(args, "attention_options", None) or []), device=args.device,
-        dtype=getattr(args, "dtype", "auto"), max_side=getattr(args, "max_side", DEFAULT_MAX_SIDE) or None,
-        accel=getattr(args, "accel", "none"),
-    )
-    return ModelChoice(**{**fields, **changes})
 
 
 def segment_request(args: argparse.Namespace) -> SegmentRequest:
@@ -168,20 +140,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     add_class_args(p)
-    p.add_argument("--model", default="default", metavar="PRESET",
-                   help="preset: default, offline, paper-mv, paper-op, ... (`dslo models` lists them)")
-    p.add_argument("--logits", metavar="NAME|DIR", help="logits model (CLIP) replacing the preset's")
-    p.add_argument("--attention", metavar="NAME|DIR", help="attention model replacing the preset's")
-    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, float16, bfloat16")
-    p.add_argument("--logits-option", dest="logits_options", action="append", type=parse_setting,
-                   default=[], metavar="KEY=VALUE",
-                   help="a setting of the logits model (repeatable), e.g. short_side=448 or attention=qk")
+    add_model_args(p)
     p.add_argument("--background", default="none", metavar="POLICY",
                    help="none (default); stuff (a 'background' class of stuff words); or a "
                         "probability threshold such as 0.5 (low-confidence pixels become background)")
     p.add_argument("--background-words", metavar="LIST",
                    help="comma-separated stuff words for --background stuff (default: a built-in list)")
-    add_common_args(p)
+    add_output_args(p)
     add_speed_args(p)
     add_engine_args(p)
     from dslo.cli.export import add_label_studio_args
