@@ -139,11 +139,19 @@ def table_rows(page) -> list[list[str]]:
         ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.innerText.trim()))")
 
 
-def image_shown(page, elem_id: str) -> bool:
-    """Whether the component's image has loaded and has a size (it is on screen, not a placeholder)."""
+def image_shown(page, elem_id: str, timeout_ms: float = 30_000) -> bool:
+    """Whether the component's image loads and has a size (it is on screen, not a placeholder).
+    Waits for the load: a visible ``<img>`` may still be fetching its file on a busy machine."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     img = page.locator(f"#{elem_id} img").first
     img.wait_for(state="visible")
-    return page.evaluate("el => el.complete && el.naturalWidth > 0", img.element_handle())
+    try:
+        page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(),
+                               timeout=timeout_ms)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
