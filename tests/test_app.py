@@ -210,9 +210,10 @@ def test_the_page_builds_shows_a_load_error_and_passes_uploads_as_they_are(tmp_p
     before = sorted(package.iterdir())
     monkeypatch.setattr(dslo.models, "weights_available", lambda name: False)
     svc = AppService(ModelChoice("offline"), work_dir=tmp_path, log=lambda m: None)
-    page = build_page(svc, examples=[])
+    page = build_page(svc, examples=[], start_mode="op")
     assert sorted(package.iterdir()) == before  # nothing written beside the package (no .pyi)
     by_id = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
+    assert by_id["dslo-mode"].value == "op"  # `dslo app --mode op`
     assert "WeightsNotFoundError" in by_id["dslo-load-error"].value
     image = by_id["dslo-image"]
     upload = tmp_path / "notes.txt"

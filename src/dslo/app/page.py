@@ -42,8 +42,8 @@ def _keep_upload(default_preprocess):
 
 
 def build_page(service: AppService, examples: list[Path] | None = None,
-               nms_threshold: float = 0.5, mode: str = "mv") -> gr.Blocks:
-    """The app's ``gr.Blocks`` (not launched); ``mode`` and ``nms_threshold`` are the page's
+               nms_threshold: float = 0.5, start_mode: str = "mv") -> gr.Blocks:
+    """The app's ``gr.Blocks`` (not launched); ``start_mode`` and ``nms_threshold`` are the page's
     starting values."""
     # Gradio keeps uploads and results in its cache: files older than an hour are removed hourly.
     with gr.Blocks(title="dslo", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
@@ -58,7 +58,7 @@ def build_page(service: AppService, examples: list[Path] | None = None,
                 classes = gr.Textbox(label="Classes", lines=2, elem_id="dslo-classes",
                                      placeholder="car, road, sky, building, tree, person")
                 with gr.Row():
-                    mode = gr.Radio([(label, key) for key, label in MODES.items()], value=mode,
+                    mode = gr.Radio([(label, key) for key, label in MODES.items()], value=start_mode,
                                     label="Head", elem_id="dslo-mode")
                     background = gr.Radio(list(BACKGROUNDS), value="none", label="Background",
                                           elem_id="dslo-background",

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     models.head_settings()  # a bad --set or model option fails now, not after the models load
     service = AppService(models)
     page = build_page(service, examples, nms_threshold=dict(args.settings).get("nms_threshold", 0.5),
-                      mode=args.mode or "mv")
+                      start_mode=args.mode or "mv")
     page.queue(default_concurrency_limit=1)
     print(f"dslo app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr,
           flush=True)
