@@ -205,3 +205,10 @@ def test_cvat_function_with_the_sdks_types(tmp_path):
     # cvat-cli's -p parameters are checked before any model loads
     with pytest.raises(ValueError, match="nms_treshold"):
         create("red,green|lime", model="offline", settings="nms_treshold=0.4")
+    # the settings text is read as `dslo segment --set` reads it (fusion=none stays text: the paper's readout)
+    from dslo.cli import parse_setting
+
+    text = "fusion=none; fusion_levels=0,4,16; recover_threshold=none"
+    fn = create("red,green|lime", model="offline", settings=text)
+    assert fn.request.models.settings == dict(parse_setting(t.strip()) for t in text.split(";"))
+    assert fn.request.models.settings["fusion"] == "none"

@@ -10,66 +10,15 @@ if TYPE_CHECKING:
 
 
 def parse_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` → (key, value): the value read as int, float, bool, none or text, and a
-    comma list ``a,b,c`` as a tuple of such values (``fusion_levels=0,6,24`` → ``(0, 6, 24)``).
+    """``KEY=VALUE`` as argparse's ``type``: :func:`dslo.setting_text.read_setting`, its errors as
+    argparse's."""
+    from dslo.errors import SettingsError
+    from dslo.setting_text import read_setting
 
-    A head setting (a field of ``dslo.head.HeadConfig``) is read as its type says: a text setting
-    keeps ``none`` as text (``fusion=none``: the paper's readout), and a tuple of flags reads
-    ``1``/``0``/``yes``/``no`` as True/False (``fusion_recover=1,0,1``). The library gets typed
-    values only; turning text into them is the command line's job."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = (s.strip() for s in text.split("=", 1))
-    kind = _head_setting_kind(key)
-    if kind == "text":
-        return key, value
-    if "," in value:
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if kind == "flags":
-            return key, tuple(_flag(key, p) for p in parts)
-        return key, tuple(_scalar(p) for p in parts)
-    if kind == "flags":
-        return key, _flag(key, value)
-    return key, _scalar(value)
-
-
-def _scalar(value: str) -> object:
-    low = value.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(value)
-        except ValueError:
-            pass
-    return value
-
-
-_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-def _flag(key: str, value: str) -> bool | None:
-    if value.lower() in ("none", "null"):
-        return None
-    if value.lower() not in _FLAGS:
-        raise argparse.ArgumentTypeError(f"{key} takes true/false (or 1/0) values, got {value!r}")
-    return _FLAGS[value.lower()]
-
-
-def _head_setting_kind(key: str) -> str | None:
-    """``"text"`` for a text head setting, ``"flags"`` for a tuple of flags, None otherwise (not a
-    head setting, or one read like any other value)."""
-    import dataclasses
-
-    from dslo.head import HeadConfig
-
-    for f in dataclasses.fields(HeadConfig):
-        if f.name == key:
-            kind = str(f.type).replace(" ", "")
-            return "text" if kind == "str" else "flags" if kind.startswith("tuple[bool") else None
-    return None
+    try:
+        return read_setting(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def max_side_arg(text: str) -> int:

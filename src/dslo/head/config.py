@@ -91,7 +91,7 @@ class HeadConfig:
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def _check_fusion_rule(self) -> None:
-        """Typed values only (the command line turns "0,4,16" into a tuple: dslo.cli parse_setting);
+        """Typed values only (text such as "0,4,16" becomes a tuple in dslo.setting_text.read_setting);
         numbers become a tuple of floats. The parts given must fit the rule of every mode."""
         for name in ("fusion_thresholds", "fusion_levels"):
             v = getattr(self, name)

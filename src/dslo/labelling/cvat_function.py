@@ -8,7 +8,8 @@ class present, the label map ``dslo segment`` writes for the same image and sett
 Parameters (``-p NAME=TYPE:VALUE``): ``classes`` (required; commas separate classes, ``|``
 separates a class's synonyms: ``road|street``), ``model`` (a preset), ``logits``, ``attention``,
 ``mode``, ``background`` (``none``, ``stuff`` or a threshold), ``max_side``, ``device``,
-``settings`` (``key=value;key=value`` head settings). CVAT matches the function's labels to the
+``settings`` (``key=value;key=value`` head settings, each read as ``dslo segment --set`` reads
+it). CVAT matches the function's labels to the
 task's by name: name the task's labels as the classes (their first synonym). The background of a
 background policy is not a shape. With ``--conv-mask-to-poly`` each mask is traced into polygons
 (scikit-image's contours).
@@ -22,6 +23,7 @@ import numpy as np
 
 from dslo.labelling.single import RequestSegmenter
 from dslo.request import ModelChoice, SegmentRequest
+from dslo.setting_text import read_setting
 
 __all__ = ["DsloFunction", "create"]
 
@@ -78,21 +80,8 @@ def create(classes: str, model: str = "default", logits: str | None = None, atte
            settings: str = "") -> DsloFunction:
     """The function for ``cvat-cli ... --function-module dslo.labelling.cvat_function -p ...``."""
     groups = [[s.strip() for s in c.split("|") if s.strip()] for c in classes.split(",") if c.strip()]
-    head: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in settings.split(";"))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"settings: expected key=value, got {item!r}")
-        head[key.strip()] = _value(value.strip())
+    head = dict(read_setting(item) for item in filter(None, (s.strip() for s in settings.split(";"))))
     choice = ModelChoice(preset=model, logits=logits, attention=attention, mode=mode, settings=head,
                          device=device, max_side=max_side or None)
     return DsloFunction(SegmentRequest.create(groups, background, choice))
 
-
-def _value(text: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
