@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import DATA  # tests/ is on the path both under pytest and when run as a script
+from served import checkout_env, free_port, serving
 from standins import FAST  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,47 +35,16 @@ REQUEST_TIMEOUT_MS = 300_000  # one segmentation on a busy CPU
 STEP_TIMEOUT_MS = 60_000  # any other wait in the page
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_app(args: list[str], log_path: Path) -> Iterator[str]:
     """Start ``dslo app ARGS`` on a free loopback port, wait until it answers, yield its URL, stop
     it at the end. The app's output goes to ``log_path``."""
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")  # this checkout's dslo, not another one
-    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = checkout_env(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "dslo", "app", "--host", "127.0.0.1", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}/"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"dslo app exited with {proc.returncode}:\n{log_path.read_text()}")
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"dslo app did not answer in {START_TIMEOUT_S} s:\n"
-                                       f"{log_path.read_text()}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serving(cmd, env, log_path, url, "dslo app", START_TIMEOUT_S):
+        yield url
 
 
 @contextlib.contextmanager

@@ -19,63 +19,20 @@ import argparse
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import DATA  # tests/ is on the path both under pytest and when run as a script
+from served import SRC, checkout_env, free_port, serving
 from standins import FAST
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 USER, PASSWORD = "labeller@example.com", "dslo-test-pass"
 CAMVID = DATA / "camvid" / "test"
 CAMVID_CLASSES = ["sky", "building", "road", "tree", "car", "pedestrian"]
 START_TIMEOUT_S = 300  # Label Studio's first start migrates its database (about a minute alone)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not answer in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-        time.sleep(1)
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], env: dict, log: Path, url: str, what: str) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            _wait(url, proc, log, what)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def label_studio_command() -> list[str]:
@@ -96,7 +53,7 @@ def label_studio(work: Path, files_root: Path) -> Iterator[str]:
                                     "--data-dir", str(work / "data"), "--username", USER, "--password", PASSWORD,
                                     "--user-token", TOKEN]
     url = f"http://127.0.0.1:{port}"
-    with _process(cmd, env, work / "label-studio.log", url + "/health", "label-studio"):
+    with serving(cmd, env, work / "label-studio.log", url + "/health", "label-studio", START_TIMEOUT_S):
         yield url
 
 
@@ -104,10 +61,9 @@ def label_studio(work: Path, files_root: Path) -> Iterator[str]:
 def dslo_backend(model_args: list[str], ls_url: str, log: Path, extra: list[str] = ()) -> Iterator[str]:
     """``dslo label-studio`` (this checkout) on a free loopback port, fetching from ``ls_url``."""
     port = free_port()
-    env = dict(os.environ, LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=TOKEN, HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = checkout_env(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=TOKEN, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "dslo", "label-studio", "--port", str(port), *model_args, *extra]
-    with _process(cmd, env, log, f"http://127.0.0.1:{port}/health", "dslo label-studio"):
+    with serving(cmd, env, log, f"http://127.0.0.1:{port}/health", "dslo label-studio", START_TIMEOUT_S):
         yield f"http://127.0.0.1:{port}"
 
 

